@@ -1,0 +1,275 @@
+//! Fleet statistics: plain per-shard counters and HDR latency histograms.
+//!
+//! Each shard owns one [`ShardStats`] and writes to it with plain adds: no atomics, no locks
+//! on the hot path. The control plane receives snapshots over a channel and merges them.
+//! Must not touch: sockets, device state.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Monotonic counters and gauges of one shard (or, merged, of the fleet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Devices that were started.
+    pub devices_started: u64,
+    /// TCP connects attempted.
+    pub connects: u64,
+    /// TCP connects that succeeded.
+    pub connected: u64,
+    /// TCP connects that failed or timed out.
+    pub connect_failures: u64,
+    /// Handshakes that completed (HandshakeOk received).
+    pub handshakes: u64,
+    /// Fast connects that completed (FastConnectOk received).
+    pub fast_connects: u64,
+    /// Fast connects the server refused (ERROR 103 / 104), each followed by a handshake.
+    pub fast_connect_rejected: u64,
+    /// Binds acknowledged by OK.
+    pub bound: u64,
+    /// Heartbeat bytes sent.
+    pub heartbeats_sent: u64,
+    /// Heartbeat bytes received.
+    pub heartbeats_received: u64,
+    /// Pushes received.
+    pub pushes_received: u64,
+    /// Acks sent.
+    pub acks_sent: u64,
+    /// Kicks received.
+    pub kicks: u64,
+    /// Reconnects scheduled after a lost connection.
+    pub reconnects: u64,
+    /// Connections given up after two read checks without data.
+    pub read_timeouts: u64,
+    /// Requests (handshake, fast connect, bind) that timed out.
+    pub request_timeouts: u64,
+    /// Frames that failed to decode, decrypt or inflate.
+    pub decode_errors: u64,
+    /// Connections the server closed.
+    pub peer_closed: u64,
+    /// Tickets written to the store.
+    pub tickets_saved: u64,
+    /// Ticket lookups that found a usable ticket.
+    pub tickets_found: u64,
+    /// Ticket store operations that failed.
+    pub ticket_errors: u64,
+    /// ERROR replies by code.
+    pub errors: BTreeMap<u8, u64>,
+    /// Devices online now (handshake or fast connect done, connection up).
+    pub online: i64,
+    /// Devices whose connection is up now.
+    pub connections: i64,
+    /// Devices that have been online at least once.
+    pub ever_online: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Counters) {
+        macro_rules! add {
+            ($($f:ident),*) => { $( self.$f += other.$f; )* };
+        }
+        add!(
+            devices_started,
+            connects,
+            connected,
+            connect_failures,
+            handshakes,
+            fast_connects,
+            fast_connect_rejected,
+            bound,
+            heartbeats_sent,
+            heartbeats_received,
+            pushes_received,
+            acks_sent,
+            kicks,
+            reconnects,
+            read_timeouts,
+            request_timeouts,
+            decode_errors,
+            peer_closed,
+            tickets_saved,
+            tickets_found,
+            ticket_errors,
+            online,
+            connections,
+            ever_online
+        );
+        for (code, n) in &other.errors {
+            *self.errors.entry(*code).or_default() += n;
+        }
+    }
+
+    /// Counts an ERROR reply.
+    pub fn error(&mut self, code: u8) {
+        *self.errors.entry(code).or_default() += 1;
+    }
+}
+
+/// The latencies the fleet measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// TCP connect.
+    Connect,
+    /// Handshake sent to HandshakeOk.
+    Handshake,
+    /// FastConnect sent to FastConnectOk.
+    FastConnect,
+    /// Bind sent to OK.
+    Bind,
+    /// Heartbeat sent to heartbeat received.
+    HeartbeatRtt,
+    /// Push received to the sink taking it.
+    PushToSink,
+}
+
+impl Latency {
+    /// Every latency, in report order.
+    pub const ALL: [Latency; 6] = [
+        Latency::Connect,
+        Latency::Handshake,
+        Latency::FastConnect,
+        Latency::Bind,
+        Latency::HeartbeatRtt,
+        Latency::PushToSink,
+    ];
+
+    /// The name used in reports and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Latency::Connect => "connect",
+            Latency::Handshake => "handshake",
+            Latency::FastConnect => "fast_connect",
+            Latency::Bind => "bind",
+            Latency::HeartbeatRtt => "heartbeat_rtt",
+            Latency::PushToSink => "push_to_sink",
+        }
+    }
+}
+
+/// One HDR histogram per [`Latency`], in microseconds.
+#[derive(Clone, Debug)]
+pub struct Latencies {
+    hists: Vec<Histogram<u64>>,
+}
+
+/// Highest latency recorded without saturating: one hour in microseconds.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let hist = || {
+            // 3 significant digits over 1 us..1 h: the bounds are constants that
+            // hdrhistogram accepts, so this cannot fail.
+            Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
+        };
+        Self {
+            hists: Latency::ALL.iter().map(|_| hist()).collect(),
+        }
+    }
+}
+
+impl Latencies {
+    /// Records one sample in microseconds (clamped into the histogram's range).
+    pub fn record(&mut self, which: Latency, micros: u64) {
+        let h = &mut self.hists[which as usize];
+        // Clamped into range, so saturating_record never has to saturate.
+        h.saturating_record(micros.clamp(1, MAX_MICROS));
+    }
+
+    /// The histogram of one latency.
+    pub fn get(&self, which: Latency) -> &Histogram<u64> {
+        &self.hists[which as usize]
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Latencies) {
+        for (mine, theirs) in self.hists.iter_mut().zip(&other.hists) {
+            // Same bounds on both sides: add cannot fail.
+            mine.add(theirs).expect("histograms with equal bounds");
+        }
+    }
+
+    /// Empties every histogram.
+    pub fn clear(&mut self) {
+        self.hists.iter_mut().for_each(Histogram::reset);
+    }
+}
+
+/// What a shard measures.
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    /// Counters and gauges.
+    pub counters: Counters,
+    /// Latency histograms.
+    pub latencies: Latencies,
+}
+
+impl ShardStats {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &ShardStats) {
+        self.counters.merge(&other.counters);
+        self.latencies.merge(&other.latencies);
+    }
+}
+
+/// Percentiles of one histogram, in milliseconds, for reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest sample.
+    pub max_ms: f64,
+}
+
+impl Summary {
+    /// Summarises a microsecond histogram.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counters_and_histograms() {
+        let mut a = ShardStats::default();
+        let mut b = ShardStats::default();
+        a.counters.handshakes = 2;
+        a.counters.error(103);
+        b.counters.handshakes = 3;
+        b.counters.error(103);
+        b.counters.error(104);
+        a.latencies.record(Latency::Handshake, 1_000);
+        b.latencies.record(Latency::Handshake, 3_000);
+        a.merge(&b);
+        assert_eq!(a.counters.handshakes, 5);
+        assert_eq!(a.counters.errors[&103], 2);
+        assert_eq!(a.counters.errors[&104], 1);
+        let s = Summary::of(a.latencies.get(Latency::Handshake));
+        assert_eq!(s.count, 2);
+        assert!(s.max_ms >= 2.9 && s.max_ms <= 3.1, "{s:?}");
+    }
+}

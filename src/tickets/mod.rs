@@ -1,0 +1,7 @@
+//! Tickets and reusable sessions as they live in Redis (PROTOCOL.md 7).
+//!
+//! - [`format`]: the Java-compatible values of `mp:fcd:<deviceId>` (the client's fast-connect
+//!   ticket) and `mp:rs:<sessionId>` (the server's reusable session), byte for byte.
+#![forbid(unsafe_code)]
+
+pub mod format;

@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests (each test file does `mod common;`).
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+/// The golden-vector folder (`shared/vectors`), or `None` after printing a loud skip line.
+///
+/// Looks at `MPUSH_VECTORS` first, then walks up from this crate's manifest directory and
+/// takes the first ancestor that has `shared/vectors`: a developer checkout is `/work/main`
+/// beside `/work/shared`; CI clones elsewhere with a copy of `shared/` beside the clone.
+///
+/// # Panics
+/// If `MPUSH_REQUIRE_VECTORS=1` (CI sets it) and the folder is not found, or if
+/// `MPUSH_VECTORS` names a folder that does not exist: a vector test must never pass by
+/// silently testing nothing.
+pub fn vectors_dir() -> Option<PathBuf> {
+    let found = locate();
+    if found.is_none() {
+        let msg = "SKIPPED: vectors not found (set MPUSH_VECTORS, or put shared/vectors \
+                   beside the checkout)";
+        if env::var("MPUSH_REQUIRE_VECTORS").is_ok_and(|v| v == "1") {
+            panic!("{msg}, and MPUSH_REQUIRE_VECTORS=1");
+        }
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    }
+    found
+}
+
+fn locate() -> Option<PathBuf> {
+    if let Some(dir) = env::var_os("MPUSH_VECTORS") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.is_dir(),
+            "MPUSH_VECTORS={} is not a directory",
+            dir.display()
+        );
+        return Some(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared").join("vectors"))
+        .find(|d| d.is_dir())
+}

@@ -3,6 +3,9 @@
 
 pub mod crypto;
 pub mod proto;
+pub mod server;
 pub mod tickets;
 pub mod device;
 pub mod stats;
+pub mod shard;
+pub mod control;

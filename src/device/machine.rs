@@ -103,6 +103,14 @@ impl Device {
         self.on_message(ctx, frame.msg_id, frame.flags, msg);
     }
 
+    /// The stream itself could not be decoded (a header announcing a negative or over-limit
+    /// body): the connection cannot be resynchronised, so it is given up.
+    pub fn handle_stream_error(&mut self, ctx: &mut Ctx<'_>, error: DecodeError) {
+        if is_connected(self.phase) {
+            self.fail_decode(ctx, error);
+        }
+    }
+
     /// A deadline may have passed. Early or repeated calls do nothing.
     pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now;

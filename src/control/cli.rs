@@ -1,0 +1,357 @@
+//! `mpush-fleet run`: flags (mirrored by a TOML `--config` file), the embedded server, status
+//! lines, the summary and the exit code (0: every device reached online; 1: some did not;
+//! 2: bad usage).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser};
+
+use super::report::{status_line, RunReport};
+use super::{memory_stores, Fleet, FleetConfig};
+use crate::crypto::RsaEncryptor;
+use crate::device::{DeviceConfig, Template};
+use crate::server::{Server, ServerConfig, ServerHandle};
+
+/// `mpush-fleet run` flags. Every flag has a TOML key of the same name (`--devices` is
+/// `devices = 10000`, `--server` is `server = ["127.0.0.1:3000"]`); flags on the command line
+/// win over the file.
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct RunArgs {
+    /// TOML file with any of these flags as keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Server endpoint (repeatable, used round-robin). Without it, `run` starts the reference
+    /// server in-process on loopback and runs against it.
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    pub servers: Vec<SocketAddr>,
+    /// How many devices this process runs.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: u32,
+    /// New sessions per second across the fleet (0: as fast as possible).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Run this long, then stop gracefully (`30s`, `5m`, `2h`, or seconds); without it,
+    /// until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Shard threads (default: one per core).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Index of this process's first device, so several processes split one fleet.
+    #[arg(long, default_value_t = 0)]
+    pub first_device: u32,
+    /// Local source address or IPv4 CIDR to bind before connecting (repeatable).
+    #[arg(long = "source", value_name = "ADDR|CIDR")]
+    pub sources: Vec<String>,
+    /// The server's RSA public key (base64 X.509 SubjectPublicKeyInfo); default MPUSH's.
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// Device id template; `{i}` is the device index.
+    #[arg(long, default_value = "device-{i}")]
+    pub device_id: String,
+    /// User id template; `{i}` is the device index.
+    #[arg(long, default_value = "user-{i}")]
+    pub user_id: String,
+    /// Handshake osName.
+    #[arg(long, default_value = "android")]
+    pub os_name: String,
+    /// Handshake osVersion.
+    #[arg(long, default_value = "1.0.1")]
+    pub os_version: String,
+    /// Handshake clientVersion.
+    #[arg(long, default_value = "1.0.0")]
+    pub client_version: String,
+    /// Bind tags.
+    #[arg(long, default_value = "")]
+    pub tags: String,
+    /// Heartbeat the devices ask for (min and max), ms.
+    #[arg(long, default_value_t = 180_000)]
+    pub heartbeat: i32,
+    /// Request timeout (handshake, fast connect, bind), ms.
+    #[arg(long, default_value_t = 3_000)]
+    pub request_timeout: u32,
+    /// Connect timeout, ms.
+    #[arg(long, default_value_t = 3_000)]
+    pub connect_timeout: u32,
+    /// Reconnect after a kick.
+    #[arg(long)]
+    pub reconnect_on_kick: bool,
+    /// Write the JSON summary here at exit.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 5.0)]
+    pub status_every: f64,
+    /// RNG seed for replayable runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Heartbeat of the embedded server, ms (min and max).
+    #[arg(long, default_value_t = 180_000)]
+    pub embedded_heartbeat: i32,
+}
+
+/// Parses `30s`, `5m`, `2h`, `250ms` or plain seconds.
+///
+/// # Errors
+///
+/// A message for clap when the text is none of those.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s} (use ms, s, m, h)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("not a duration: {s}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Expands `--source` values: addresses, or IPv4 CIDRs (every host address of the block).
+///
+/// # Errors
+///
+/// Malformed values, or a CIDR larger than /16.
+pub fn expand_sources(values: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for v in values {
+        if let Some((addr, bits)) = v.split_once('/') {
+            let addr: std::net::Ipv4Addr = addr.parse().with_context(|| format!("bad CIDR {v}"))?;
+            let bits: u32 = bits.parse().with_context(|| format!("bad CIDR {v}"))?;
+            if !(16..=32).contains(&bits) {
+                bail!("CIDR {v}: use a prefix of /16 to /32");
+            }
+            let base = u32::from(addr) & (u32::MAX.checked_shl(32 - bits).unwrap_or(0));
+            let size = 1u32 << (32 - bits);
+            let hosts = if size > 2 { 1..size - 1 } else { 0..size };
+            out.extend(hosts.map(|i| IpAddr::from(std::net::Ipv4Addr::from(base + i))));
+        } else {
+            out.push(v.parse().with_context(|| format!("bad source address {v}"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `--config` and turns its keys into flags placed before the command line's, so the
+/// command line wins (and the file can hold nothing a flag cannot).
+///
+/// # Errors
+///
+/// An unreadable file, bad TOML, or a value of an unsupported type.
+pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
+    let Some(path) = args.config.clone() else { return Ok(args) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let mut merged: Vec<String> = vec!["run".into()];
+    for (key, value) in &table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let mut push = |v: &toml::Value| -> anyhow::Result<()> {
+            match v {
+                toml::Value::String(s) => merged.extend([flag.clone(), s.clone()]),
+                toml::Value::Integer(i) => merged.extend([flag.clone(), i.to_string()]),
+                toml::Value::Float(f) => merged.extend([flag.clone(), f.to_string()]),
+                toml::Value::Boolean(true) => merged.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                other => bail!("{}: key {key} has an unsupported value {other}", path.display()),
+            }
+            Ok(())
+        };
+        match value {
+            toml::Value::Array(items) => items.iter().try_for_each(&mut push)?,
+            v => push(v)?,
+        }
+    }
+    merged.extend(argv.iter().skip_while(|a| *a != "run").skip(1).cloned());
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Run(RunArgs),
+    }
+    let Wrap { cmd: Sub::Run(args) } = Wrap::try_parse_from(std::iter::once("mpush-fleet".to_string()).chain(merged))?;
+    Ok(args)
+}
+
+/// A usage error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs `mpush-fleet run`; returns the process exit code.
+///
+/// # Errors
+///
+/// [`UsageError`] for bad usage (exit 2); anything else is a failure to run.
+pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
+    let argv: Vec<String> = std::env::args().collect();
+    let args = merge_config(args, &argv).map_err(|e| UsageError(format!("{e:#}")))?;
+    crate::shard::io_uring_available().map_err(|e| {
+        anyhow::anyhow!(
+            "io_uring is unavailable here ({e}); mpush-fleet's shards need it. \
+             Containers often forbid it (seccomp, kernel.io_uring_disabled): run on a host or \
+             a container that allows io_uring_setup"
+        )
+    })?;
+    let embedded = args.servers.is_empty();
+    check_descriptors(args.devices, embedded)?;
+    let server: Option<ServerHandle> = if embedded {
+        let mut cfg = ServerConfig::new();
+        cfg.min_heartbeat_ms = args.embedded_heartbeat;
+        cfg.max_heartbeat_ms = args.embedded_heartbeat;
+        let handle = Server::start(cfg).context("starting the embedded server")?;
+        tracing::info!(addr = %handle.local_addr(), "embedded reference server started");
+        Some(handle)
+    } else {
+        None
+    };
+    let cfg = fleet_config(&args, server.as_ref().map(ServerHandle::local_addr))?;
+    let devices = cfg.devices;
+    let stores = memory_stores(cfg.shards);
+    let stop = stop_signal()?;
+    let mut fleet = Fleet::start(cfg, stores)?;
+    let status_every = Duration::from_secs_f64(args.status_every.max(0.1));
+    let mut next_status = Instant::now() + status_every;
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    loop {
+        fleet.poll(Duration::from_millis(100));
+        if stop.try_recv().is_ok() {
+            eprintln!("stopping (signal)");
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if Instant::now() >= next_status {
+            println!("{}", status_line(devices, fleet.elapsed(), &fleet.stats()));
+            next_status += status_every;
+        }
+    }
+    fleet.poll(Duration::ZERO);
+    let online_before_stop = fleet.counters().online;
+    let result = fleet.stop()?;
+    let mut report = RunReport::new(devices, &result.stats, result.elapsed);
+    // Stopping takes every session down: report how many were online when the stop began.
+    report.online = online_before_stop;
+    println!("{}", status_line(devices, result.elapsed, &result.stats));
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(server) = server {
+        server.shutdown();
+    }
+    Ok(if report.ever_online >= u64::from(devices) { 0 } else { 1 })
+}
+
+fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<FleetConfig> {
+    let rsa = match &args.public_key {
+        Some(b64) => RsaEncryptor::from_spki_base64(b64)
+            .map_err(|e| UsageError(format!("--public-key: {e}")))?,
+        None => RsaEncryptor::mpush_default(),
+    };
+    let servers = match embedded {
+        Some(addr) => vec![addr],
+        None => args.servers.clone(),
+    };
+    let sources = expand_sources(&args.sources).map_err(|e| UsageError(format!("{e:#}")))?;
+    let mut cfg = FleetConfig {
+        devices: args.devices,
+        first_device: args.first_device,
+        rate: args.rate,
+        servers,
+        sources,
+        seed: args.seed,
+        ..FleetConfig::default()
+    };
+    if let Some(n) = args.shards {
+        if n == 0 {
+            return Err(UsageError("--shards must be at least 1".into()).into());
+        }
+        cfg.shards = n;
+    }
+    cfg.shards = cfg.shards.min(args.devices.max(1) as usize);
+    cfg.device = DeviceConfig {
+        device_id: Template::new(&args.device_id),
+        user_id: Template::new(&args.user_id),
+        os_name: args.os_name.clone(),
+        os_version: args.os_version.clone(),
+        client_version: args.client_version.clone(),
+        tags: args.tags.clone(),
+        min_heartbeat: args.heartbeat,
+        max_heartbeat: args.heartbeat,
+        request_timeout_ms: args.request_timeout,
+        connect_timeout_ms: args.connect_timeout,
+        reconnect_on_kick: args.reconnect_on_kick,
+        rsa,
+        ..DeviceConfig::default()
+    };
+    Ok(cfg)
+}
+
+/// Fails early, naming the limit, when the fleet needs more descriptors than the process may
+/// open: a clear error at start instead of a cascade of EMFILE failures.
+fn check_descriptors(devices: u32, embedded: bool) -> anyhow::Result<()> {
+    let limit = crate::server::raise_nofile_limit().unwrap_or(1024);
+    let per_device = if embedded { 2 } else { 1 };
+    let needed = u64::from(devices) * per_device + 128;
+    if needed > limit {
+        let max = (limit.saturating_sub(128)) / per_device;
+        return Err(UsageError(format!(
+            "{devices} devices need about {needed} open files{}, but this process may open \
+             {limit} (RLIMIT_NOFILE hard limit). Raise the limit (see tuning/limits.sh), or \
+             split the fleet across processes with --first-device (at most {max} devices per \
+             process here){}",
+            if embedded { " (each loopback session costs one on each side)" } else { "" },
+            if embedded { ", with `mpush-fleet serve` processes as servers" } else { "" },
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A channel that receives once on SIGINT or SIGTERM.
+fn stop_signal() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .context("installing the signal handler")?;
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn sources_expand_cidrs() {
+        let v = expand_sources(&["127.0.0.2".into(), "127.0.1.0/30".into()]).unwrap();
+        let s: Vec<String> = v.iter().map(ToString::to_string).collect();
+        assert_eq!(s, ["127.0.0.2", "127.0.1.1", "127.0.1.2"]);
+        assert!(expand_sources(&["10.0.0.0/8".into()]).is_err());
+        assert!(expand_sources(&["nope".into()]).is_err());
+    }
+}

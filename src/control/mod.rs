@@ -1,0 +1,239 @@
+//! The control plane: starts shards, splits the fleet and its ramp among them, sums their
+//! statistics, and stops them. It reaches shards only by message (crossbeam channels) and
+//! holds no per-session state.
+//!
+//! - [`Fleet`]: the library API (tests drive it directly).
+//! - [`cli`]: `mpush-fleet run`, its flags and TOML config, status lines, exit codes.
+//! - [`report`]: the summary and the `--report` JSON.
+
+pub mod cli;
+pub mod report;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::device::DeviceConfig;
+use crate::shard::{self, Command, Report, ShardConfig, ShardExit};
+use crate::stats::{Counters, ShardStats};
+use crate::tickets::{MemoryTickets, TicketStore};
+
+/// What a fleet runs.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// How many devices.
+    pub devices: u32,
+    /// Index of the first device (several processes split one fleet into disjoint ranges).
+    pub first_device: u32,
+    /// New sessions per second across the fleet; 0 starts them as fast as the shards can.
+    pub rate: f64,
+    /// Shard threads.
+    pub shards: usize,
+    /// Pin each shard to a core.
+    pub pin: bool,
+    /// Server endpoints, round-robin.
+    pub servers: Vec<SocketAddr>,
+    /// Local source addresses, round-robin.
+    pub sources: Vec<IpAddr>,
+    /// What every device shares.
+    pub device: DeviceConfig,
+    /// How often shards report.
+    pub report_every: Duration,
+    /// RNG seed, for replayable runs.
+    pub seed: Option<u64>,
+    /// io_uring submission-queue entries per shard.
+    pub ring_entries: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            devices: 1,
+            first_device: 0,
+            rate: 0.0,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            servers: Vec::new(),
+            sources: Vec::new(),
+            device: DeviceConfig::default(),
+            report_every: Duration::from_millis(200),
+            seed: None,
+            ring_entries: 4096,
+        }
+    }
+}
+
+/// In-memory ticket stores, one per shard: what [`Fleet::start`] takes and [`Fleet::stop`]
+/// gives back, so that a second run in the same process comes back by fast connect.
+pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
+    (0..shards).map(|_| Box::new(MemoryTickets::new()) as Box<dyn TicketStore>).collect()
+}
+
+struct ShardCtl {
+    commands: Sender<Command>,
+    thread: JoinHandle<ShardExit>,
+}
+
+/// A running fleet.
+pub struct Fleet {
+    cfg: FleetConfig,
+    shards: Vec<ShardCtl>,
+    reports: Receiver<Report>,
+    latest: Vec<ShardStats>,
+    started: Instant,
+}
+
+/// What a stopped fleet leaves.
+pub struct FleetResult {
+    /// Final statistics of the whole fleet.
+    pub stats: ShardStats,
+    /// The ticket stores, one per shard, for the next run.
+    pub stores: Vec<Box<dyn TicketStore>>,
+    /// How long the fleet ran.
+    pub elapsed: Duration,
+}
+
+impl Fleet {
+    /// Starts the shards; device `first_device + i` goes to shard `i * shards / devices`
+    /// (contiguous ranges), and each shard ramps its share of the rate.
+    ///
+    /// # Errors
+    ///
+    /// Bad configuration, a store list of the wrong length, or a shard thread that cannot be
+    /// spawned.
+    pub fn start(cfg: FleetConfig, stores: Vec<Box<dyn TicketStore>>) -> anyhow::Result<Fleet> {
+        if cfg.servers.is_empty() {
+            bail!("no server endpoint");
+        }
+        if cfg.shards == 0 || stores.len() != cfg.shards {
+            bail!("{} ticket stores for {} shards", stores.len(), cfg.shards);
+        }
+        let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let device = Arc::new(cfg.device.clone());
+        let (report_tx, reports) = crossbeam_channel::unbounded();
+        let mut shards = Vec::with_capacity(cfg.shards);
+        let n = cfg.shards as u64;
+        for (id, store) in stores.into_iter().enumerate() {
+            let lo = cfg.first_device + (u64::from(cfg.devices) * id as u64 / n) as u32;
+            let hi = cfg.first_device + (u64::from(cfg.devices) * (id as u64 + 1) / n) as u32;
+            let share = f64::from(hi - lo) / f64::from(cfg.devices.max(1));
+            let shard_cfg = ShardConfig {
+                id,
+                core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+                devices: lo..hi,
+                rate_per_sec: cfg.rate * share,
+                servers: rotate(&cfg.servers, id),
+                sources: rotate(&cfg.sources, id),
+                device: device.clone(),
+                report_every: cfg.report_every,
+                seed: cfg.seed,
+                ring_entries: cfg.ring_entries,
+            };
+            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+            let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())
+                .with_context(|| format!("spawning shard {id}"))?;
+            shards.push(ShardCtl { commands: cmd_tx, thread });
+        }
+        let latest = vec![ShardStats::default(); cfg.shards];
+        Ok(Fleet { cfg, shards, reports, latest, started: Instant::now() })
+    }
+
+    /// The configuration it runs.
+    pub fn config(&self) -> &FleetConfig {
+        &self.cfg
+    }
+
+    /// How long it has run.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Takes the reports that arrived, waiting up to `wait` for the first one.
+    pub fn poll(&mut self, wait: Duration) {
+        if let Ok(r) = self.reports.recv_timeout(wait) {
+            self.take(r);
+        }
+        while let Ok(r) = self.reports.try_recv() {
+            self.take(r);
+        }
+    }
+
+    fn take(&mut self, r: Report) {
+        match r {
+            Report::Stats { shard, stats } => self.latest[shard] = *stats,
+        }
+    }
+
+    /// The fleet's statistics as of the latest reports.
+    pub fn stats(&self) -> ShardStats {
+        let mut total = ShardStats::default();
+        self.latest.iter().for_each(|s| total.merge(s));
+        total
+    }
+
+    /// Counters only, cheaper than [`Fleet::stats`].
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        self.latest.iter().for_each(|s| total.merge(&s.counters));
+        total
+    }
+
+    /// Waits until `done` holds for the fleet's counters or `timeout` passes; returns whether
+    /// it held. For tests and scripted runs: a condition with a deadline, never a sleep.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&Counters) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.counters()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.poll(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Stops every shard gracefully and collects what they leave.
+    ///
+    /// # Errors
+    ///
+    /// If a shard could not run (io_uring unavailable) or panicked.
+    pub fn stop(self) -> anyhow::Result<FleetResult> {
+        for s in &self.shards {
+            let _ = s.commands.send(Command::Stop);
+        }
+        let mut stats = ShardStats::default();
+        let mut stores = Vec::with_capacity(self.shards.len());
+        let mut error = None;
+        for (id, s) in self.shards.into_iter().enumerate() {
+            match s.thread.join() {
+                Ok(exit) => {
+                    if let Some(e) = exit.error {
+                        error.get_or_insert(e);
+                    }
+                    stats.merge(&exit.stats);
+                    stores.push(exit.store);
+                }
+                Err(_) => bail!("shard {id} panicked"),
+            }
+        }
+        if let Some(e) = error {
+            bail!(e);
+        }
+        Ok(FleetResult { stats, stores, elapsed: self.started.elapsed() })
+    }
+}
+
+/// `items` rotated by `by`, so shards do not all start on the same endpoint.
+fn rotate<T: Clone>(items: &[T], by: usize) -> Vec<T> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let k = by % items.len();
+    items[k..].iter().chain(&items[..k]).cloned().collect()
+}

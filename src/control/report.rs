@@ -1,0 +1,105 @@
+//! The run summary: the status line, the closing summary and the `--report` JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::proto::message::ErrorCode;
+use crate::stats::{Counters, Latency, ShardStats, Summary};
+
+/// The `--report` JSON.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Devices in this process's range.
+    pub devices: u32,
+    /// Devices online at the end.
+    pub online: i64,
+    /// Devices that reached online at least once.
+    pub ever_online: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Completed fast connects.
+    pub fast_connects: u64,
+    /// Binds acknowledged.
+    pub bound: u64,
+    /// Pushes received.
+    pub pushes_received: u64,
+    /// Acks sent.
+    pub acks_sent: u64,
+    /// Reconnects.
+    pub reconnects: u64,
+    /// ERROR replies by code name (`SESSION_EXPIRED`: 3, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Seconds the fleet ran.
+    pub duration_secs: f64,
+    /// Sessions that came up (handshakes + fast connects) per second of the run.
+    pub sessions_per_sec: f64,
+    /// Latency percentiles by name.
+    pub latency: BTreeMap<&'static str, Summary>,
+    /// Every counter.
+    pub counters: Counters,
+}
+
+impl RunReport {
+    /// Builds the report of a run.
+    pub fn new(devices: u32, stats: &ShardStats, elapsed: Duration) -> Self {
+        let c = &stats.counters;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        RunReport {
+            devices,
+            online: c.online,
+            ever_online: c.ever_online,
+            handshakes: c.handshakes,
+            fast_connects: c.fast_connects,
+            bound: c.bound,
+            pushes_received: c.pushes_received,
+            acks_sent: c.acks_sent,
+            reconnects: c.reconnects,
+            errors: error_names(c),
+            duration_secs: elapsed.as_secs_f64(),
+            sessions_per_sec: (c.handshakes + c.fast_connects) as f64 / secs,
+            latency: Latency::ALL
+                .iter()
+                .map(|&l| (l.name(), Summary::of(stats.latencies.get(l))))
+                .collect(),
+            counters: c.clone(),
+        }
+    }
+}
+
+fn error_names(c: &Counters) -> BTreeMap<String, u64> {
+    c.errors.iter().map(|(&code, &n)| (format!("{}_{code}", ErrorCode(code).name()), n)).collect()
+}
+
+/// One status line: where the fleet is now.
+pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> String {
+    let c = &stats.counters;
+    let mut line = format!(
+        "[{:>6.1}s] devices {devices} connected {} online {} handshakes {} fast {} bound {} \
+         heartbeats {}/{} pushes {} acks {} reconnects {}",
+        elapsed.as_secs_f64(),
+        c.connections,
+        c.online,
+        c.handshakes,
+        c.fast_connects,
+        c.bound,
+        c.heartbeats_sent,
+        c.heartbeats_received,
+        c.pushes_received,
+        c.acks_sent,
+        c.reconnects,
+    );
+    let errors = error_names(c);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line.push_str(&format!(" errors {}", list.join(",")));
+    }
+    for l in [Latency::Connect, Latency::Handshake, Latency::FastConnect, Latency::Bind, Latency::HeartbeatRtt] {
+        let s = Summary::of(stats.latencies.get(l));
+        if s.count > 0 {
+            line.push_str(&format!(" {} p50/p99 {:.1}/{:.1}ms", l.name(), s.p50_ms, s.p99_ms));
+        }
+    }
+    line
+}

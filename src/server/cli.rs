@@ -1,0 +1,126 @@
+//! `mpush-fleet serve`: the reference server as a command that runs until Ctrl-C.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+use super::{Server, ServerConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS};
+use crate::crypto::RsaDecryptor;
+use crate::proto::{BodyLimits, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_BODY};
+
+/// Flags of `mpush-fleet serve`. Defaults are the real server's (`conf/reference.conf`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// MPUSH listener address.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Admin HTTP+JSON API address (loopback recommended); none if absent.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// RSA private key, base64 PKCS#8. Default: MPUSH's default key, so clients configured
+    /// with MPUSH's default public key connect.
+    #[arg(long, env = "MPUSH_PRIVATE_KEY", hide_env_values = true, conflicts_with = "generate_key")]
+    pub private_key: Option<String>,
+    /// Generate a fresh 1024-bit key pair at start and print its public key.
+    #[arg(long)]
+    pub generate_key: bool,
+    /// `min-heartbeat`, ms.
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub min_heartbeat: i32,
+    /// `max-heartbeat`, ms.
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub max_heartbeat: i32,
+    /// `session-expired-time`: how long a reusable session lives, seconds.
+    #[arg(long, default_value_t = DEFAULT_SESSION_EXPIRE_SECS)]
+    pub session_expire: u32,
+    /// `max-packet-size`: the largest body accepted, bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
+    pub max_packet_size: usize,
+    /// `compress-threshold`: bodies longer than this are deflated, bytes.
+    #[arg(long, default_value_t = DEFAULT_COMPRESS_THRESHOLD)]
+    pub compress_threshold: usize,
+    /// Reproduce the real server's sessionId quirk (MD5 of "null" + ms: ids collide within
+    /// a millisecond).
+    #[arg(long)]
+    pub sessionid_quirk: bool,
+    /// Answer HTTP_PROXY with ERROR 101 and a close, as the real server with its default
+    /// `proxy-enabled=false`, instead of HttpResponse 502.
+    #[arg(long)]
+    pub no_http_proxy: bool,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe. With `--generate-key`, the new public
+    /// key is printed to stdout.
+    ///
+    /// # Errors
+    ///
+    /// A private key that does not parse, key generation failure, or inconsistent limits.
+    pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
+        let rsa = if self.generate_key {
+            let key = RsaDecryptor::generate(&mut rand::rngs::OsRng, 1024)
+                .context("generating an RSA key")?;
+            println!("public key: {}", key.public_key_spki_base64());
+            key
+        } else if let Some(b64) = &self.private_key {
+            RsaDecryptor::from_pkcs8_base64(b64).context("reading --private-key")?
+        } else {
+            RsaDecryptor::mpush_default()
+        };
+        anyhow::ensure!(self.min_heartbeat > 0, "--min-heartbeat must be positive");
+        anyhow::ensure!(
+            self.max_heartbeat >= self.min_heartbeat,
+            "--max-heartbeat must be at least --min-heartbeat"
+        );
+        anyhow::ensure!(self.max_packet_size > 0, "--max-packet-size must be positive");
+        let limits = BodyLimits {
+            max_body: self.max_packet_size,
+            compress_threshold: self.compress_threshold,
+            ..BodyLimits::default()
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            admin: self.admin,
+            rsa,
+            min_heartbeat_ms: self.min_heartbeat,
+            max_heartbeat_ms: self.max_heartbeat,
+            session_expire_secs: self.session_expire,
+            limits,
+            sessionid_quirk: self.sessionid_quirk,
+            http_proxy: !self.no_http_proxy,
+            workers: self.workers,
+            ..ServerConfig::new()
+        })
+    }
+}
+
+/// Runs `serve` until Ctrl-C (SIGINT) or SIGTERM, then shuts the server down.
+///
+/// # Errors
+///
+/// Bad flags, an address that cannot be bound, or a signal handler that cannot be installed.
+pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let server = Server::start(config).context("starting the server")?;
+    println!("mpush server listening on {}", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("admin API on http://{admin}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(wait_for_stop_signal())?;
+    println!("shutting down");
+    server.shutdown();
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

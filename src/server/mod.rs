@@ -1,0 +1,97 @@
+//! The reference MPUSH server: a peer that speaks the server side of PROTOCOL.md as the real
+//! Java server does, for the tests, for `mpush-fleet run`'s embedded default, and as a local
+//! stand-in (`mpush-fleet serve`).
+//!
+//! Owns: its own sans-IO session, the connection shell, the route table, the reusable-session
+//! store interface, fault switches and the admin API. Must not touch `device/` or `shard/`:
+//! it is an independent peer and shares only `proto`, `crypto` and `tickets` with the fleet.
+//!
+//! Layout:
+//! - [`session`]: [`ServerSession`], one connection's protocol state machine, sans-IO.
+//! - [`store`]: [`SessionStore`], the async reusable-session store, and [`MemoryStore`].
+//! - `shared`: the registry, routes, push log, counters and fault switches.
+//! - `conn`: the tokio task per connection (the shell around a session).
+//! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
+//! - `admin`: the loopback HTTP+JSON admin API.
+//! - [`cli`]: `mpush-fleet serve` ([`ServeArgs`], [`serve_main`]).
+//!
+//! Facts checked against the real server (github mpusher/mpush, `mpush-core` handlers,
+//! `mpush-common` `MessageDispatcher` / `ErrorMessage` / `BaseMessage`, `mpush-netty`
+//! `PacketDecoder` / `NettyConnection`, `ServerConnectionManager`) are cited where used.
+
+mod admin;
+pub mod cli;
+mod conn;
+pub mod runtime;
+pub mod session;
+mod shared;
+pub mod store;
+
+use std::net::SocketAddr;
+
+pub use cli::{serve_main, ServeArgs};
+pub use runtime::{raise_nofile_limit, PushResult, PushTarget, Server, ServerHandle, ServerOps};
+pub use session::{ClientType, CloseReason, ServerSession, SessionConfig, Tick};
+pub use shared::{AckMode, ConnId, FaultState, PushRecord, ServerStats};
+pub use store::{MemoryStore, SessionStore, StoreError};
+
+use crate::crypto::RsaDecryptor;
+use crate::proto::BodyLimits;
+
+/// Everything [`Server::start`] needs. [`ServerConfig::new`] gives the real server's defaults
+/// on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// MPUSH listener address.
+    pub listen: SocketAddr,
+    /// Admin API address; `None` for no admin API.
+    pub admin: Option<SocketAddr>,
+    /// The RSA private key handshakes are decrypted with.
+    pub rsa: RsaDecryptor,
+    /// `min-heartbeat`, ms (default 3 minutes).
+    pub min_heartbeat_ms: i32,
+    /// `max-heartbeat`, ms (default 3 minutes).
+    pub max_heartbeat_ms: i32,
+    /// `session-expired-time`, seconds (default 1 day).
+    pub session_expire_secs: u32,
+    /// `max-packet-size`, `compress-threshold` and the inflate cap.
+    pub limits: BodyLimits,
+    /// Reproduce the sessionId quirk (PROTOCOL.md 7).
+    pub sessionid_quirk: bool,
+    /// Answer HTTP_PROXY with 502 (default) instead of ERROR 101.
+    pub http_proxy: bool,
+    /// Idle-check period before a handshake, ms (the real server: 10 s).
+    pub pre_handshake_heartbeat_ms: u32,
+    /// Runtime worker threads (`None`: one per core).
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// The real server's defaults, MPUSH's default key pair, `127.0.0.1:0`, no admin API.
+    pub fn new() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            rsa: RsaDecryptor::mpush_default(),
+            min_heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            max_heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            session_expire_secs: DEFAULT_SESSION_EXPIRE_SECS,
+            limits: BodyLimits::default(),
+            sessionid_quirk: false,
+            http_proxy: true,
+            pre_handshake_heartbeat_ms: session::PRE_HANDSHAKE_HEARTBEAT_MS,
+            workers: None,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The real server's `min-heartbeat` and `max-heartbeat` default: 3 minutes.
+pub const DEFAULT_HEARTBEAT_MS: i32 = 180_000;
+/// The real server's `session-expired-time` default: 1 day.
+pub const DEFAULT_SESSION_EXPIRE_SECS: u32 = 86_400;

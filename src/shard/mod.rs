@@ -1,0 +1,117 @@
+//! A shard: one pinned thread running one tokio-uring runtime that owns a range of devices,
+//! their sockets, buffers and timers, and its ticket store client.
+//!
+//! The loop, once per turn: take every ready socket report, fire due timers, start the devices
+//! the ramp has reached, run the turn's AES work as one batch (decrypt what arrived, then feed
+//! the devices), seal and write what the devices produced (one batch again), flush the ticket
+//! store, then sleep until the next report or deadline. One owner for every piece of state; the
+//! control plane is reached only by crossbeam messages.
+//!
+//! Must not touch: protocol decisions. Matching on a command here would mean the code is
+//! misplaced; the shard moves bytes, time and effects between sockets and [`Device`]s.
+
+mod net;
+mod turn;
+mod wheel;
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::device::DeviceConfig;
+use crate::stats::ShardStats;
+use crate::tickets::TicketStore;
+
+/// What one shard runs.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Shard number (for logs and reports).
+    pub id: usize,
+    /// The core to pin the thread to, if any.
+    pub core: Option<core_affinity::CoreId>,
+    /// The global device indices this shard owns, for life.
+    pub devices: Range<u32>,
+    /// New sessions per second this shard starts; 0 starts all at once.
+    pub rate_per_sec: f64,
+    /// Server endpoints, used round-robin.
+    pub servers: Vec<SocketAddr>,
+    /// Local source addresses to bind before connecting, used round-robin (empty: any).
+    pub sources: Vec<IpAddr>,
+    /// What every device shares.
+    pub device: Arc<DeviceConfig>,
+    /// How often the shard reports its statistics.
+    pub report_every: Duration,
+    /// Seed of the shard's RNG (keys, IVs, jitter); `None` seeds from the OS.
+    pub seed: Option<u64>,
+    /// Submission-queue entries of the ring.
+    pub ring_entries: u32,
+}
+
+/// What the control plane tells a shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Close every session gracefully, report, and end.
+    Stop,
+}
+
+/// What a shard tells the control plane.
+#[derive(Debug)]
+pub enum Report {
+    /// The shard's statistics so far (cumulative).
+    Stats {
+        /// Shard number.
+        shard: usize,
+        /// Counters and histograms since the shard started.
+        stats: Box<ShardStats>,
+    },
+}
+
+/// What a shard leaves behind when it ends.
+pub struct ShardExit {
+    /// Final statistics.
+    pub stats: ShardStats,
+    /// The ticket store, for the next run in this process.
+    pub store: Box<dyn TicketStore>,
+    /// Why the shard could not run, if it could not (io_uring unavailable, ...).
+    pub error: Option<String>,
+}
+
+/// Starts a shard on its own thread.
+///
+/// # Errors
+///
+/// If the thread cannot be spawned.
+pub fn spawn(
+    cfg: ShardConfig,
+    store: Box<dyn TicketStore>,
+    commands: Receiver<Command>,
+    reports: Sender<Report>,
+) -> std::io::Result<JoinHandle<ShardExit>> {
+    std::thread::Builder::new().name(format!("shard-{}", cfg.id)).spawn(move || {
+        if let Some(core) = cfg.core {
+            if !core_affinity::set_for_current(core) {
+                tracing::warn!(shard = cfg.id, "could not pin to core {}", core.id);
+            }
+        }
+        let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {
+            Ok(rt) => rt,
+            Err(e) => {
+                return ShardExit {
+                    stats: ShardStats::default(),
+                    store,
+                    error: Some(format!("io_uring is unavailable here ({e}); the fleet needs it")),
+                };
+            }
+        };
+        runtime.block_on(turn::run(cfg, store, commands, reports))
+    })
+}
+
+/// Whether this machine lets a process set up an io_uring instance.
+pub fn io_uring_available() -> Result<(), std::io::Error> {
+    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+}

@@ -1,0 +1,522 @@
+//! The shard loop: sockets and timers in, device calls, batched AES, writes out.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio_uring::net::TcpStream;
+
+use super::net::{self, Events, NetEvent};
+use super::wheel::Wheel;
+use super::{Command, Report, ShardConfig, ShardExit};
+use crate::crypto::{AesBatch, JobId};
+use crate::device::output::assemble;
+use crate::device::{Ctx, Device, Effect, Event, Opened, Output, Seal, Tick};
+use crate::proto::{Frame, FrameDecoder, Unit};
+use crate::stats::ShardStats;
+use crate::tickets::{Loaded, TicketStore};
+
+/// Read size of an idle connection: a heartbeat echo, an ack, a small push.
+const IDLE_READ: u32 = 256;
+/// Devices started per loop turn at most when the ramp has no rate, so the loop keeps
+/// serving the sessions already up while a large fleet starts.
+const MAX_STARTS_PER_TURN: usize = 512;
+/// How often the loop looks at its command channel when nothing else wakes it.
+const COMMAND_POLL: Duration = Duration::from_millis(50);
+
+struct Conn {
+    stream: Rc<TcpStream>,
+    /// Bytes of a frame still arriving; empty (no allocation) between frames.
+    rx: BytesMut,
+    /// The size of the next read; shared with the reader task.
+    read_size: Rc<Cell<u32>>,
+    /// Bytes waiting for the write in flight.
+    tx_waiting: BytesMut,
+    writing: bool,
+}
+
+struct Slot {
+    device: Device,
+    conn: Option<Conn>,
+    /// Connection generation: socket reports carry it, so a report about an old connection
+    /// is recognised and dropped.
+    gen: u32,
+    /// The deadline this slot has in the wheel.
+    armed: Tick,
+}
+
+/// A frame waiting for the turn's batch decryption.
+struct Arrived {
+    slot: u32,
+    gen: u32,
+    frame: Frame,
+    job: Option<(JobId, u8)>,
+}
+
+/// Bytes a device produced this turn, with frames to seal spliced in later.
+struct Outgoing {
+    slot: u32,
+    gen: u32,
+    raw: Bytes,
+    seals: Vec<Seal>,
+    jobs: Vec<JobId>,
+}
+
+struct Shard {
+    cfg: ShardConfig,
+    slots: Vec<Slot>,
+    wheel: Wheel,
+    store: Box<dyn TicketStore>,
+    events: Events,
+    rng: StdRng,
+    out: Output,
+    stats: ShardStats,
+    batch: AesBatch,
+    arrived: Vec<Arrived>,
+    outgoing: Vec<Outgoing>,
+    loaded: Vec<Loaded>,
+    decoder: FrameDecoder,
+    epoch: Instant,
+    now: Tick,
+    now_us: u64,
+    wall_ms: i64,
+    started: usize,
+    next_server: usize,
+    next_source: usize,
+    stopping: bool,
+}
+
+pub(super) async fn run(
+    cfg: ShardConfig,
+    mut store: Box<dyn TicketStore>,
+    commands: Receiver<Command>,
+    reports: Sender<Report>,
+) -> ShardExit {
+    let (events, mut inbox) = unbounded_channel();
+    let wake_tx = events.clone();
+    store.attach(Arc::new(move || {
+        let _ = wake_tx.send(NetEvent::TicketsReady);
+    }));
+    let rng = match cfg.seed {
+        Some(seed) => StdRng::seed_from_u64(seed ^ cfg.id as u64),
+        None => StdRng::from_entropy(),
+    };
+    let slots = cfg
+        .devices
+        .clone()
+        .map(|index| Slot { device: Device::new(index), conn: None, gen: 0, armed: Tick::NEVER })
+        .collect();
+    let mut shard = Shard {
+        out: Output::new(cfg.device.limits.compress_threshold),
+        decoder: FrameDecoder::new(cfg.device.limits.max_body),
+        cfg,
+        slots,
+        wheel: Wheel::default(),
+        store,
+        events,
+        rng,
+        stats: ShardStats::default(),
+        batch: AesBatch::new(),
+        arrived: Vec::new(),
+        outgoing: Vec::new(),
+        loaded: Vec::new(),
+        epoch: Instant::now(),
+        now: Tick(0),
+        now_us: 0,
+        wall_ms: 0,
+        started: 0,
+        next_server: 0,
+        next_source: 0,
+        stopping: false,
+    };
+    shard.main_loop(&mut inbox, &commands, &reports).await;
+    ShardExit { stats: shard.stats, store: shard.store, error: None }
+}
+
+impl Shard {
+    async fn main_loop(
+        &mut self,
+        inbox: &mut UnboundedReceiver<NetEvent>,
+        commands: &Receiver<Command>,
+        reports: &Sender<Report>,
+    ) {
+        let mut next_report = Instant::now() + self.cfg.report_every;
+        loop {
+            self.clock();
+            // Commands.
+            while let Ok(cmd) = commands.try_recv() {
+                match cmd {
+                    Command::Stop => self.stop(),
+                }
+            }
+            if self.stopping && self.drained() {
+                self.report(reports);
+                return;
+            }
+            // Socket reports that are ready, without waiting.
+            while let Ok(ev) = inbox.try_recv() {
+                self.on_net(ev);
+            }
+            self.fire_timers();
+            self.ramp();
+            self.take_tickets();
+            self.open_arrived();
+            self.flush_outgoing();
+            self.store.flush();
+            if Instant::now() >= next_report {
+                self.report(reports);
+                next_report = Instant::now() + self.cfg.report_every;
+            }
+            // Sleep until something happens.
+            let wake = self.next_wake().min(next_report);
+            tokio::select! {
+                biased;
+                ev = inbox.recv() => {
+                    if let Some(ev) = ev {
+                        self.clock();
+                        self.on_net(ev);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    fn clock(&mut self) {
+        let elapsed = self.epoch.elapsed();
+        self.now_us = elapsed.as_micros() as u64;
+        self.now = Tick(u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX - 1));
+        self.wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + COMMAND_POLL;
+        if let Some(t) = self.wheel.next() {
+            wake = wake.min(self.epoch + Duration::from_millis(u64::from(t.0)));
+        }
+        if let Some(at) = self.next_start() {
+            wake = wake.min(at);
+        }
+        wake
+    }
+
+    /// When the ramp starts its next device, if it has devices left.
+    fn next_start(&self) -> Option<Instant> {
+        if self.stopping || self.started >= self.slots.len() {
+            return None;
+        }
+        if self.cfg.rate_per_sec <= 0.0 {
+            return Some(Instant::now());
+        }
+        let secs = (self.started + 1) as f64 / self.cfg.rate_per_sec;
+        Some(self.epoch + Duration::from_secs_f64(secs))
+    }
+
+    fn ramp(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let due = if self.cfg.rate_per_sec <= 0.0 {
+            self.slots.len().min(self.started + MAX_STARTS_PER_TURN)
+        } else {
+            let secs = self.now_us as f64 / 1e6;
+            ((secs * self.cfg.rate_per_sec) as usize).min(self.slots.len())
+        };
+        while self.started < due {
+            let slot = self.started as u32;
+            self.started += 1;
+            self.call(slot, |d, ctx| d.handle_event(ctx, Event::Start));
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some((t, slot)) = self.wheel.pop_due(self.now) {
+            let s = &mut self.slots[slot as usize];
+            if s.armed != t {
+                continue; // stale
+            }
+            s.armed = Tick::NEVER;
+            self.call(slot, |d, ctx| d.handle_timeout(ctx));
+        }
+    }
+
+    fn take_tickets(&mut self) {
+        self.store.drain_ready(&mut self.loaded);
+        let loaded = std::mem::take(&mut self.loaded);
+        for l in &loaded {
+            let ticket = l.ticket.clone();
+            self.call(l.token, |d, ctx| d.handle_event(ctx, Event::Ticket(ticket)));
+        }
+        self.loaded = loaded;
+        self.loaded.clear();
+        let c = self.store.take_counters();
+        self.stats.counters.tickets_saved += c.saved;
+        self.stats.counters.ticket_errors += c.errors;
+    }
+
+    /// Calls into one device, then dispatches what it produced.
+    fn call(&mut self, slot: u32, f: impl FnOnce(&mut Device, &mut Ctx<'_>)) {
+        let s = &mut self.slots[slot as usize];
+        let mut ctx = Ctx {
+            now: self.now,
+            now_us: self.now_us,
+            wall_ms: self.wall_ms,
+            cfg: &self.cfg.device,
+            rng: &mut self.rng,
+            out: &mut self.out,
+            stats: &mut self.stats,
+        };
+        f(&mut s.device, &mut ctx);
+        let deadline = s.device.poll_timeout();
+        self.wheel.arm(slot, &mut s.armed, deadline);
+        if !self.out.nothing_to_send() {
+            let raw = self.out.tx.split().freeze();
+            let seals = std::mem::take(&mut self.out.seals);
+            self.outgoing.push(Outgoing { slot, gen: s.gen, raw, seals, jobs: Vec::new() });
+        }
+        let mut effects = std::mem::take(&mut self.out.effects);
+        for effect in effects.drain(..) {
+            self.apply(slot, effect);
+        }
+        self.out.effects = effects;
+    }
+
+    fn apply(&mut self, slot: u32, effect: Effect) {
+        let index = self.slots[slot as usize].device.index();
+        match effect {
+            Effect::LoadTicket => {
+                let id = self.cfg.device.device_id.render(index.into());
+                self.store.load(slot, &id);
+            }
+            Effect::SaveTicket(ticket) => {
+                let id = self.cfg.device.device_id.render(index.into());
+                self.store.save(&id, &ticket, self.wall_ms);
+            }
+            Effect::DeleteTicket => {
+                let id = self.cfg.device.device_id.render(index.into());
+                self.store.delete(&id);
+            }
+            Effect::Connect => self.connect(slot),
+            Effect::Close(reason) => {
+                tracing::debug!(device = index, ?reason, "closing");
+                self.drop_conn(slot);
+            }
+            Effect::Deliver(d) => {
+                // No sink configured: the application takes the push at once.
+                if d.ack_on_take {
+                    let id = d.msg_id;
+                    self.call(slot, |dev, ctx| dev.handle_event(ctx, Event::SinkTook(id)));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.gen = s.gen.wrapping_add(1);
+        let dst = self.cfg.servers[self.next_server % self.cfg.servers.len()];
+        self.next_server = self.next_server.wrapping_add(1);
+        let src = (!self.cfg.sources.is_empty()).then(|| {
+            let src = self.cfg.sources[self.next_source % self.cfg.sources.len()];
+            self.next_source = self.next_source.wrapping_add(1);
+            src
+        });
+        let timeout = Duration::from_millis(u64::from(self.cfg.device.connect_timeout_ms));
+        tokio_uring::spawn(net::connect(slot, s.gen, src, dst, timeout, self.events.clone()));
+    }
+
+    /// Ends the slot's connection: `shutdown` completes its read, whose task then ends and
+    /// releases the socket.
+    fn drop_conn(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.gen = s.gen.wrapping_add(1);
+        if let Some(conn) = s.conn.take() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::TicketsReady => {}
+            NetEvent::Connected { slot, gen, stream } => {
+                let s = &mut self.slots[slot as usize];
+                if s.gen != gen || self.stopping {
+                    return; // abandoned; dropping the stream closes it
+                }
+                let stream = Rc::new(TcpStream::from_std(stream));
+                let read_size = Rc::new(Cell::new(IDLE_READ));
+                tokio_uring::spawn(net::read_loop(
+                    slot,
+                    gen,
+                    stream.clone(),
+                    read_size.clone(),
+                    self.events.clone(),
+                ));
+                s.conn = Some(Conn {
+                    stream,
+                    rx: BytesMut::new(),
+                    read_size,
+                    tx_waiting: BytesMut::new(),
+                    writing: false,
+                });
+                self.call(slot, |d, ctx| d.handle_event(ctx, Event::Connected));
+            }
+            NetEvent::ConnectFailed { slot, gen } => {
+                if self.slots[slot as usize].gen == gen {
+                    self.call(slot, |d, ctx| d.handle_event(ctx, Event::ConnectFailed));
+                }
+            }
+            NetEvent::Closed { slot, gen } => {
+                if self.slots[slot as usize].gen == gen {
+                    self.drop_conn(slot);
+                    self.call(slot, |d, ctx| d.handle_event(ctx, Event::Closed));
+                }
+            }
+            NetEvent::WriteDone { slot, gen, ok } => self.on_write_done(slot, gen, ok),
+            NetEvent::Data { slot, gen, buf } => self.on_data(slot, gen, buf),
+        }
+    }
+
+    fn on_data(&mut self, slot: u32, gen: u32, buf: BytesMut) {
+        let s = &mut self.slots[slot as usize];
+        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else { return };
+        if conn.rx.is_empty() {
+            conn.rx = buf;
+        } else {
+            conn.rx.extend_from_slice(&buf);
+        }
+        let mut heartbeats = 0u32;
+        let mut error = None;
+        loop {
+            match self.decoder.decode(&mut conn.rx) {
+                Ok(Some(Unit::Heartbeat)) => heartbeats += 1,
+                Ok(Some(Unit::Frame(frame))) => {
+                    self.arrived.push(Arrived { slot, gen, frame, job: None });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        // Grow the next read only while a big frame is arriving; release the buffer between
+        // frames so an idle session holds only its reader's small buffer.
+        let needed = self.decoder.bytes_needed(&conn.rx).unwrap_or(0);
+        let want = needed.saturating_sub(conn.rx.len()).max(IDLE_READ as usize);
+        conn.read_size.set(u32::try_from(want).unwrap_or(u32::MAX));
+        if conn.rx.is_empty() {
+            conn.rx = BytesMut::new();
+        }
+        for _ in 0..heartbeats {
+            self.call(slot, |d, ctx| d.handle_heartbeat(ctx));
+        }
+        if let Some(e) = error {
+            self.call(slot, |d, ctx| d.handle_stream_error(ctx, e));
+        }
+    }
+
+    /// Decrypts every encrypted frame of the turn in one batch, then hands the frames to
+    /// their devices in arrival order.
+    fn open_arrived(&mut self) {
+        if self.arrived.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        for a in &mut self.arrived {
+            let s = &self.slots[a.slot as usize];
+            if s.gen != a.gen || a.frame.body.is_empty() || !a.frame.flags.contains(crate::proto::Flags::CRYPTO) {
+                continue;
+            }
+            if let Some((cipher, generation)) = s.device.cipher_for_open() {
+                a.job = Some((self.batch.push_decrypt(cipher, &a.frame.body), generation));
+            }
+        }
+        self.batch.run();
+        let arrived = std::mem::take(&mut self.arrived);
+        for a in arrived {
+            if self.slots[a.slot as usize].gen != a.gen {
+                continue; // the device gave this connection up earlier in the turn
+            }
+            let opened = a.job.map(|(job, generation)| Opened {
+                generation,
+                body: self.batch.output(job).map(Bytes::copy_from_slice),
+            });
+            self.call(a.slot, |d, ctx| d.handle_frame(ctx, a.frame, opened));
+        }
+    }
+
+    /// Seals every frame of the turn in one batch, then writes each connection's bytes.
+    fn flush_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        for o in &mut self.outgoing {
+            for seal in &o.seals {
+                o.jobs.push(self.batch.push_encrypt(&seal.cipher, &seal.plain));
+            }
+        }
+        self.batch.run();
+        let outgoing = std::mem::take(&mut self.outgoing);
+        for o in outgoing {
+            let s = &mut self.slots[o.slot as usize];
+            let Some(conn) = s.conn.as_mut().filter(|_| s.gen == o.gen) else { continue };
+            let batch = &self.batch;
+            // Encryption cannot fail; an empty slice would only mean a lost job id.
+            assemble(&o.raw, &o.seals, |i| batch.output(o.jobs[i]).unwrap_or(&[]), &mut conn.tx_waiting);
+            if !conn.writing {
+                let buf = conn.tx_waiting.split();
+                conn.writing = true;
+                tokio_uring::spawn(net::write_all(o.slot, o.gen, conn.stream.clone(), buf, self.events.clone()));
+            }
+        }
+    }
+
+    fn on_write_done(&mut self, slot: u32, gen: u32, ok: bool) {
+        let s = &mut self.slots[slot as usize];
+        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else { return };
+        conn.writing = false;
+        if !ok {
+            self.drop_conn(slot);
+            self.call(slot, |d, ctx| d.handle_event(ctx, Event::Closed));
+            return;
+        }
+        if !conn.tx_waiting.is_empty() {
+            let buf = conn.tx_waiting.split();
+            conn.writing = true;
+            tokio_uring::spawn(net::write_all(slot, gen, conn.stream.clone(), buf, self.events.clone()));
+        } else {
+            // Release the write buffer between writes.
+            conn.tx_waiting = BytesMut::new();
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for slot in 0..self.slots.len() as u32 {
+            self.call(slot, |d, ctx| d.handle_event(ctx, Event::Stop));
+        }
+    }
+
+    /// Whether a stopping shard has nothing left in flight that it must finish.
+    fn drained(&self) -> bool {
+        !self.store.pending()
+    }
+
+    fn report(&mut self, reports: &Sender<Report>) {
+        let _ = reports.send(Report::Stats { shard: self.cfg.id, stats: Box::new(self.stats.clone()) });
+    }
+}

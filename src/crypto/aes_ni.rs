@@ -41,16 +41,16 @@ impl AesNi {
     }
 
     /// The AES-128 encryption key schedule.
-    pub(super) fn expand_encrypt_key(self, key: &[u8; KEY_LEN]) -> RoundKeys {
+    pub(super) fn expand_encrypt_key(self, key: &[u8; KEY_LEN], out: &mut RoundKeys) {
         // SAFETY: `self` exists only if detect() found AES-NI and SSE2 on this CPU.
-        unsafe { expand_encrypt(key) }
+        unsafe { expand_encrypt(key, out) }
     }
 
     /// The decryption schedule for the Equivalent Inverse Cipher (FIPS-197 5.3.5), the form
     /// aesdec expects: encryption round keys reversed, the middle nine through InvMixColumns.
-    pub(super) fn expand_decrypt_key(self, key: &[u8; KEY_LEN]) -> RoundKeys {
+    pub(super) fn expand_decrypt_key(self, key: &[u8; KEY_LEN], out: &mut RoundKeys) {
         // SAFETY: `self` exists only if detect() found AES-NI and SSE2 on this CPU.
-        unsafe { expand_decrypt(key) }
+        unsafe { expand_decrypt(key, out) }
     }
 
     /// CBC-encrypts every segment in place (already padded, whole blocks, encryption keys).
@@ -81,6 +81,21 @@ fn store(b: &mut [u8; BLOCK_LEN], v: __m128i) {
     // SAFETY: `b` is a valid, writable, exclusively borrowed 16-byte region; storeu has no
     // alignment requirement; SSE2 is part of the x86-64 baseline.
     unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// Load of a round key or iv kept as a `u128` (16 valid, aligned bytes).
+#[inline(always)]
+fn load_u(k: &u128) -> __m128i {
+    // SAFETY: `k` is a valid, readable 16-byte region; SSE2 is part of the x86-64 baseline.
+    unsafe { _mm_loadu_si128((k as *const u128).cast()) }
+}
+
+/// Store of a round key into a `u128` slot.
+#[inline(always)]
+fn store_u(k: &mut u128, v: __m128i) {
+    // SAFETY: `k` is a valid, writable, exclusively borrowed 16-byte region; SSE2 is part of
+    // the x86-64 baseline.
+    unsafe { _mm_storeu_si128((k as *mut u128).cast(), v) }
 }
 
 /// The 16-byte block at `off` (bounds-checked).
@@ -114,15 +129,14 @@ unsafe fn schedule_step(key: __m128i, gen: __m128i) -> __m128i {
 /// # Safety
 /// The CPU must support AES-NI.
 #[target_feature(enable = "aes,sse2")]
-unsafe fn expand_encrypt(key: &[u8; KEY_LEN]) -> RoundKeys {
-    let mut out = [[0u8; BLOCK_LEN]; 11];
+unsafe fn expand_encrypt(key: &[u8; KEY_LEN], out: &mut RoundKeys) {
     let mut k = load(key);
-    store(&mut out[0], k);
+    store_u(&mut out[0], k);
     // aeskeygenassist takes the round constant as an immediate, hence the unrolled steps.
     macro_rules! step {
         ($i:expr, $rcon:literal) => {
             k = schedule_step(k, _mm_aeskeygenassist_si128::<$rcon>(k));
-            store(&mut out[$i], k);
+            store_u(&mut out[$i], k);
         };
     }
     step!(1, 0x01);
@@ -135,22 +149,18 @@ unsafe fn expand_encrypt(key: &[u8; KEY_LEN]) -> RoundKeys {
     step!(8, 0x80);
     step!(9, 0x1b);
     step!(10, 0x36);
-    out
 }
 
 /// # Safety
 /// The CPU must support AES-NI.
 #[target_feature(enable = "aes,sse2")]
-unsafe fn expand_decrypt(key: &[u8; KEY_LEN]) -> RoundKeys {
-    let mut ek = expand_encrypt(key);
-    let mut dk = [[0u8; BLOCK_LEN]; 11];
-    dk[0] = ek[10];
-    for i in 1..10 {
-        store(&mut dk[i], _mm_aesimc_si128(load(&ek[10 - i])));
+unsafe fn expand_decrypt(key: &[u8; KEY_LEN], dk: &mut RoundKeys) {
+    // Expand in place, then reverse and run the middle nine through InvMixColumns.
+    expand_encrypt(key, dk);
+    dk.reverse();
+    for k in &mut dk[1..10] {
+        store_u(k, _mm_aesimc_si128(load_u(k)));
     }
-    dk[10] = ek[0];
-    zeroize::Zeroize::zeroize(&mut ek);
-    dk
 }
 
 /// CBC encryption, one lane per message: each step encrypts block `i` of up to 8 messages,
@@ -162,7 +172,7 @@ unsafe fn expand_decrypt(key: &[u8; KEY_LEN]) -> RoundKeys {
 /// The CPU must support AES-NI.
 #[target_feature(enable = "aes,sse2")]
 unsafe fn cbc_encrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
-    let idle_rk: RoundKeys = [[0; BLOCK_LEN]; 11];
+    let idle_rk: RoundKeys = [0; 11];
     let mut rk: [&RoundKeys; LANES] = [&idle_rk; LANES];
     let mut pos = [0usize; LANES];
     let mut end = [0usize; LANES];
@@ -177,7 +187,7 @@ unsafe fn cbc_encrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
                     rk[l] = &s.rk;
                     pos[l] = s.off;
                     end[l] = s.off + s.len;
-                    chain[l] = load(&s.iv);
+                    chain[l] = load_u(&s.iv);
                     active[l] = true;
                 }
             }
@@ -191,15 +201,15 @@ unsafe fn cbc_encrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
             if active[l] {
                 x[l] = _mm_xor_si128(load(block(buf, pos[l])), chain[l]);
             }
-            x[l] = _mm_xor_si128(x[l], load(&rk[l][0]));
+            x[l] = _mm_xor_si128(x[l], load_u(&rk[l][0]));
         }
         for r in 1..10 {
             for l in 0..LANES {
-                x[l] = _mm_aesenc_si128(x[l], load(&rk[l][r]));
+                x[l] = _mm_aesenc_si128(x[l], load_u(&rk[l][r]));
             }
         }
         for l in 0..LANES {
-            x[l] = _mm_aesenclast_si128(x[l], load(&rk[l][10]));
+            x[l] = _mm_aesenclast_si128(x[l], load_u(&rk[l][10]));
             if active[l] {
                 store(block_mut(buf, pos[l]), x[l]);
                 chain[l] = x[l];
@@ -214,23 +224,29 @@ unsafe fn cbc_encrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
 }
 
 /// CBC decryption: every block is independent once its ciphertext and the previous one are
-/// known, so blocks are gathered 8 at a time in order, across message boundaries. In place
-/// is safe: a block is loaded before its group is stored, and the previous ciphertext block
-/// is carried in a register, never re-read after it may have been overwritten.
+/// known. Whole groups of 8 blocks inside one message go through [`decrypt8_same_key`], with
+/// the round keys held in registers; the leftover blocks of every message (fewer than 8 each,
+/// all of them for short messages) are gathered 8 at a time across message boundaries. In
+/// place is safe: a block is loaded before its group is stored, and the previous ciphertext
+/// block is carried in a register, never re-read after it may have been overwritten.
 ///
 /// # Safety
 /// The CPU must support AES-NI.
 #[target_feature(enable = "aes,sse2")]
 unsafe fn cbc_decrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
-    let idle_rk: RoundKeys = [[0; BLOCK_LEN]; 11];
+    let idle_rk: RoundKeys = [0; 11];
     let mut rk: [&RoundKeys; LANES] = [&idle_rk; LANES];
     let mut at = [0usize; LANES];
     let mut ct = [_mm_setzero_si128(); LANES];
     let mut prev = [_mm_setzero_si128(); LANES];
     let mut n = 0;
     for s in segs {
-        let mut chain = load(&s.iv);
-        for off in (s.off..s.off + s.len).step_by(BLOCK_LEN) {
+        let whole = s.len / (LANES * BLOCK_LEN) * (LANES * BLOCK_LEN);
+        let mut chain = load_u(&s.iv);
+        if whole > 0 {
+            chain = decrypt8_same_key(&mut buf[s.off..s.off + whole], &s.rk, chain);
+        }
+        for off in (s.off + whole..s.off + s.len).step_by(BLOCK_LEN) {
             let c = load(block(buf, off));
             rk[n] = &s.rk;
             at[n] = off;
@@ -250,6 +266,36 @@ unsafe fn cbc_decrypt_lanes(buf: &mut [u8], segs: &[Segment]) {
     }
 }
 
+/// CBC-decrypts `buf` (a multiple of 8 blocks) in place with one key, 8 blocks per step, and
+/// returns the last ciphertext block (the next block's chaining value).
+///
+/// # Safety
+/// The CPU must support AES-NI.
+#[inline]
+#[target_feature(enable = "aes,sse2")]
+unsafe fn decrypt8_same_key(buf: &mut [u8], rk: &RoundKeys, mut chain: __m128i) -> __m128i {
+    let k: [__m128i; 11] = core::array::from_fn(|r| load_u(&rk[r]));
+    for group in buf.chunks_exact_mut(LANES * BLOCK_LEN) {
+        let c: [__m128i; LANES] = core::array::from_fn(|l| load(block(group, l * BLOCK_LEN)));
+        let mut x = [_mm_setzero_si128(); LANES];
+        for l in 0..LANES {
+            x[l] = _mm_xor_si128(c[l], k[0]);
+        }
+        for kr in &k[1..10] {
+            for l in 0..LANES {
+                x[l] = _mm_aesdec_si128(x[l], *kr);
+            }
+        }
+        for l in 0..LANES {
+            let p = if l == 0 { chain } else { c[l - 1] };
+            x[l] = _mm_xor_si128(_mm_aesdeclast_si128(x[l], k[10]), p);
+            store(block_mut(group, l * BLOCK_LEN), x[l]);
+        }
+        chain = c[LANES - 1];
+    }
+    chain
+}
+
 /// Decrypts 8 gathered blocks and stores the first `n`.
 ///
 /// # Safety
@@ -266,15 +312,15 @@ unsafe fn decrypt_group(
 ) {
     let mut x = [_mm_setzero_si128(); LANES];
     for l in 0..LANES {
-        x[l] = _mm_xor_si128(ct[l], load(&rk[l][0]));
+        x[l] = _mm_xor_si128(ct[l], load_u(&rk[l][0]));
     }
     for r in 1..10 {
         for l in 0..LANES {
-            x[l] = _mm_aesdec_si128(x[l], load(&rk[l][r]));
+            x[l] = _mm_aesdec_si128(x[l], load_u(&rk[l][r]));
         }
     }
     for l in 0..LANES {
-        x[l] = _mm_xor_si128(_mm_aesdeclast_si128(x[l], load(&rk[l][10])), prev[l]);
+        x[l] = _mm_xor_si128(_mm_aesdeclast_si128(x[l], load_u(&rk[l][10])), prev[l]);
     }
     for l in 0..n {
         store(block_mut(buf, at[l]), x[l]);
@@ -296,10 +342,17 @@ mod tests {
             return;
         };
         // FIPS-197 Appendix A.1.
-        let ek = ni.expand_encrypt_key(&unhex("2b7e151628aed2a6abf7158809cf4f3c"));
-        assert_eq!(ek[1], unhex("a0fafe1788542cb123a339392a6c7605"));
-        assert_eq!(ek[10], unhex("d014f9a8c9ee2589e13f0cc8b6630ca6"));
-        let dk = ni.expand_decrypt_key(&unhex("2b7e151628aed2a6abf7158809cf4f3c"));
+        let (mut ek, mut dk) = ([0; 11], [0; 11]);
+        ni.expand_encrypt_key(&unhex("2b7e151628aed2a6abf7158809cf4f3c"), &mut ek);
+        assert_eq!(
+            ek[1].to_ne_bytes(),
+            unhex("a0fafe1788542cb123a339392a6c7605")
+        );
+        assert_eq!(
+            ek[10].to_ne_bytes(),
+            unhex("d014f9a8c9ee2589e13f0cc8b6630ca6")
+        );
+        ni.expand_decrypt_key(&unhex("2b7e151628aed2a6abf7158809cf4f3c"), &mut dk);
         assert_eq!(dk[0], ek[10]);
         assert_eq!(dk[10], ek[0]);
     }
@@ -312,15 +365,17 @@ mod tests {
         let plain = unhex("00112233445566778899aabbccddeeff");
         let want = unhex("69c4e0d86a7b0430d8cdb78070b4c55a");
         let mut buf = plain.to_vec();
-        let seg = |rk| Segment {
+        let mut seg = Segment {
             off: 0,
             len: 16,
-            iv: [0; 16],
-            rk,
+            iv: 0,
+            rk: [0; 11],
         };
-        ni.cbc_encrypt(&mut buf, &[seg(ni.expand_encrypt_key(&key))]);
+        ni.expand_encrypt_key(&key, &mut seg.rk);
+        ni.cbc_encrypt(&mut buf, std::slice::from_ref(&seg));
         assert_eq!(buf, want);
-        ni.cbc_decrypt(&mut buf, &[seg(ni.expand_decrypt_key(&key))]);
+        ni.expand_decrypt_key(&key, &mut seg.rk);
+        ni.cbc_decrypt(&mut buf, std::slice::from_ref(&seg));
         assert_eq!(buf, plain);
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 use zeroize::Zeroize;
 
 use super::aes_cbc::{self, AesCipher};
-use super::{CryptoError, BLOCK_LEN, KEY_LEN};
+use super::{CryptoError, KEY_LEN};
 
 /// Names one job of an [`AesBatch`] until the batch is cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,15 +54,18 @@ impl Zeroize for Job {
     }
 }
 
-/// The expanded round keys of AES-128: 11 round keys of 16 bytes.
-pub(super) type RoundKeys = [[u8; BLOCK_LEN]; 11];
+/// The expanded round keys of AES-128: 11 round keys of 16 bytes, each as a `u128` holding
+/// the key's bytes in memory order. `u128` makes each key 16-byte aligned (no loads split
+/// across cache lines) and makes zeroizing 11 writes instead of 176.
+pub(super) type RoundKeys = [u128; 11];
 
 /// One message for the AES-NI kernels: a whole number of blocks at `buf[off..off + len]`,
 /// processed in place with round keys `rk` (encryption or decryption schedule) and `iv`.
 pub(super) struct Segment {
     pub(super) off: usize,
     pub(super) len: usize,
-    pub(super) iv: [u8; BLOCK_LEN],
+    /// The iv's bytes in memory order (see [`RoundKeys`]).
+    pub(super) iv: u128,
     pub(super) rk: RoundKeys,
 }
 
@@ -220,16 +223,23 @@ impl AesBatch {
         self.enc.clear();
         self.dec.clear();
         for job in self.jobs.iter().filter(|j| j.state == State::Pending) {
-            let (list, rk) = match job.dir {
-                Dir::Encrypt => (&mut self.enc, ni.expand_encrypt_key(&job.key)),
-                Dir::Decrypt => (&mut self.dec, ni.expand_decrypt_key(&job.key)),
+            let list = match job.dir {
+                Dir::Encrypt => &mut self.enc,
+                Dir::Decrypt => &mut self.dec,
             };
+            // Expand straight into the vector's slot: no copy of the schedule to wipe later.
+            let iv = u128::from_ne_bytes(job.iv);
             list.push(Segment {
                 off: job.off,
                 len: job.len,
-                iv: job.iv,
-                rk,
+                iv,
+                rk: [0; 11],
             });
+            let rk = &mut list.last_mut().expect("just pushed").rk;
+            match job.dir {
+                Dir::Encrypt => ni.expand_encrypt_key(&job.key, rk),
+                Dir::Decrypt => ni.expand_decrypt_key(&job.key, rk),
+            }
         }
         ni.cbc_encrypt(&mut self.buf, &self.enc);
         ni.cbc_decrypt(&mut self.buf, &self.dec);

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests (each test file does `mod common;`).
 
+// Each test crate compiles its own copy and uses only some of the helpers.
+#![allow(dead_code)]
+
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -40,4 +43,16 @@ fn locate() -> Option<PathBuf> {
         .ancestors()
         .map(|a| a.join("shared").join("vectors"))
         .find(|d| d.is_dir())
+}
+
+/// Whether io_uring works here; if not, prints a loud skip line naming the test.
+#[allow(dead_code)]
+pub fn io_uring_or_skip(test: &str) -> bool {
+    match mpush_fleet::shard::io_uring_available() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("\n!!!!!!!! SKIPPED {test}: io_uring unavailable here ({e}) !!!!!!!!\n");
+            false
+        }
+    }
 }

@@ -1,0 +1,98 @@
+//! The embedded reference server of `mpush-fleet run` without `--server`.
+//!
+//! A loopback session costs a descriptor on each side. While both sides fit in this process's
+//! descriptor limit, the server runs in-process (cheapest, and its sessions outlive a fleet
+//! run, so a second run fast-connects). Past that, it runs as a child `mpush-fleet serve`
+//! process with a descriptor allowance of its own, so `run --devices 10000` works on a machine
+//! whose hard limit is 20,000.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::server::{Server, ServerConfig, ServerHandle};
+
+/// Descriptors kept free for everything that is not a session (runtime, ring, logs, Redis).
+pub const SPARE_DESCRIPTORS: u64 = 128;
+
+/// A running embedded server.
+pub enum Embedded {
+    /// In this process.
+    InProcess(ServerHandle),
+    /// A child `mpush-fleet serve`.
+    Child {
+        /// The child process.
+        child: Child,
+        /// Where it listens.
+        addr: SocketAddr,
+    },
+}
+
+impl Embedded {
+    /// Starts a server for `devices` sessions with the given heartbeat, in-process if both
+    /// sides fit in `limit` descriptors, as a child process otherwise.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot start or the child does not come up within 30 s.
+    pub fn start(devices: u32, heartbeat_ms: i32, limit: u64) -> anyhow::Result<Embedded> {
+        if 2 * u64::from(devices) + SPARE_DESCRIPTORS <= limit {
+            let mut cfg = ServerConfig::new();
+            cfg.min_heartbeat_ms = heartbeat_ms;
+            cfg.max_heartbeat_ms = heartbeat_ms;
+            let handle = Server::start(cfg).context("starting the embedded server")?;
+            tracing::info!(addr = %handle.local_addr(), "embedded reference server in-process");
+            return Ok(Embedded::InProcess(handle));
+        }
+        // A free loopback port: bind, read it, release it for the child.
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let exe = std::env::current_exe().context("locating mpush-fleet for the child server")?;
+        let hb = heartbeat_ms.to_string();
+        let child = Command::new(exe)
+            .args(["serve", "--listen", &addr.to_string(), "--min-heartbeat", &hb])
+            .args(["--max-heartbeat", &hb])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the embedded server as a child process")?;
+        let mut embedded = Embedded::Child { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                tracing::info!(%addr, "embedded reference server as a child process");
+                return Ok(embedded);
+            }
+            if let Embedded::Child { child, .. } = &mut embedded {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the embedded server exited at start ({status})");
+                }
+            }
+            if Instant::now() >= deadline {
+                embedded.stop();
+                bail!("the embedded server did not listen on {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Embedded::InProcess(h) => h.local_addr(),
+            Embedded::Child { addr, .. } => *addr,
+        }
+    }
+
+    /// Stops it.
+    pub fn stop(self) {
+        match self {
+            Embedded::InProcess(h) => h.shutdown(),
+            Embedded::Child { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

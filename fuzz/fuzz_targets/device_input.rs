@@ -8,8 +8,10 @@
 //!
 //! Input layout:
 //! - byte 0: configuration. Bit 0: bind after connecting; bit 1: reconnect after a kick;
-//!   bit 2: small limits (256 B bodies, 1 KiB inflated); bit 3: later ticket loads find
-//!   nothing (so reconnects handshake); bit 4: the shell batch-decrypts CRYPTO frames.
+//!   bit 2: small limits (256 B bodies, 1 KiB inflated); bit 3: the store loses the ticket
+//!   once online (reconnects handshake, at most twice per input: RSA is slow under the
+//!   fuzzer); bit 4: the shell batch-decrypts CRYPTO frames. The store keeps what the
+//!   device saves and forgets what it deletes.
 //! - byte 1: the FastConnectOk heartbeat, one of [`HEARTBEATS`] (low 3 bits).
 //! - then ops: `0x00..=0x7F` feeds the next `op + 1` bytes as one read from the server;
 //!   `0x80..=0xBF` advances the clock by `((op & 0x3F) + 1) * 250` ms, firing deadlines;
@@ -18,16 +20,15 @@
 
 #![no_main]
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use mpush_fleet::crypto::AesCipher;
-use mpush_fleet::device::{
-    Ctx, Device, DeviceConfig, Effect, Event, Opened, Output, Phase, Tick,
-};
+use mpush_fleet::crypto::{AesCipher, RsaDecryptor, RsaEncryptor};
+use mpush_fleet::device::{Ctx, Device, DeviceConfig, Effect, Event, Opened, Output, Phase, Tick};
 use mpush_fleet::proto::{encode_frame, BodyLimits, Cmd, Flags, FrameDecoder, MsgId, Unit};
-use mpush_fleet::stats::ShardStats;
+use mpush_fleet::stats::{Counters, ShardStats};
 use mpush_fleet::tickets::format::ClientTicket;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -40,6 +41,11 @@ const WALL_BASE_MS: i64 = 1_764_115_200_000;
 fn configs() -> &'static [DeviceConfig] {
     static CONFIGS: OnceLock<Vec<DeviceConfig>> = OnceLock::new();
     CONFIGS.get_or_init(|| {
+        // A 512-bit key: the handshake's RSA is the crypto module's to fuzz, and at 1024 bits
+        // its bignum loops (traced compares) cost more than everything else in an input.
+        let rsa = RsaDecryptor::generate(&mut StdRng::seed_from_u64(512), 512)
+            .map(|k| k.encryptor())
+            .unwrap_or_else(|_| RsaEncryptor::mpush_default());
         (0u8..8)
             .map(|bits| DeviceConfig {
                 bind: bits & 1 != 0,
@@ -55,6 +61,7 @@ fn configs() -> &'static [DeviceConfig] {
                 },
                 min_heartbeat: 10_000,
                 max_heartbeat: 180_000,
+                rsa: rsa.clone(),
                 ..Default::default()
             })
             .collect()
@@ -68,12 +75,12 @@ fn ticket() -> ClientTicket {
         expire_time_ms: WALL_BASE_MS + 30 * 24 * 3600 * 1000,
         cipher: AesCipher::new(
             [
-                0xf4, 0x07, 0x00, 0x7f, 0x80, 0x21, 0xff, 0x5a, 0x05, 0xb3, 0x40, 0x01, 0xdf,
-                0x12, 0x64, 0xfb,
+                0xf4, 0x07, 0x00, 0x7f, 0x80, 0x21, 0xff, 0x5a, 0x05, 0xb3, 0x40, 0x01, 0xdf, 0x12,
+                0x64, 0xfb,
             ],
             [
-                0x03, 0xf7, 0x2c, 0x9c, 0x00, 0x0f, 0x10, 0x80, 0x7f, 0x08, 0xff, 0x02, 0x4d,
-                0xbe, 0x09, 0x1e,
+                0x03, 0xf7, 0x2c, 0x9c, 0x00, 0x0f, 0x10, 0x80, 0x7f, 0x08, 0xff, 0x02, 0x4d, 0xbe,
+                0x09, 0x1e,
             ],
         ),
     }
@@ -97,24 +104,32 @@ struct Shell {
     rx: BytesMut,
     decoder: FrameDecoder,
     socket_open: bool,
-    tickets_found: bool,
+    /// The ticket store's entry for this device.
+    stored: Option<ClientTicket>,
+    /// Loads that may still find nothing: each costs an RSA handshake, so after two the
+    /// store "recovers" and answers with the fixed ticket.
+    handshakes_left: u8,
     batch: bool,
     pending_sink: Vec<MsgId>,
 }
 
 impl Shell {
-    fn new(cfg: &'static DeviceConfig, conf: u8) -> Self {
+    /// `stats` comes from the previous input with its counters zeroed: building the HDR
+    /// histograms anew for every input would cost more than running it.
+    fn new(cfg: &'static DeviceConfig, conf: u8, mut stats: ShardStats) -> Self {
+        stats.counters = Counters::default();
         Self {
             device: Device::new(42),
             cfg,
             rng: StdRng::seed_from_u64(u64::from(conf)),
             out: Output::new(cfg.limits.compress_threshold),
-            stats: ShardStats::default(),
+            stats,
             now: Tick(1_000),
             rx: BytesMut::new(),
             decoder: FrameDecoder::new(cfg.limits.max_body),
             socket_open: false,
-            tickets_found: true,
+            stored: Some(ticket()),
+            handshakes_left: 2,
             batch: conf & 0x10 != 0,
             pending_sink: Vec::new(),
         }
@@ -139,7 +154,14 @@ impl Shell {
         for effect in effects {
             match effect {
                 Effect::LoadTicket => {
-                    let t = self.tickets_found.then(ticket);
+                    let t = match self.stored.clone() {
+                        None if self.handshakes_left > 0 => {
+                            self.handshakes_left -= 1;
+                            None
+                        }
+                        None => Some(ticket()),
+                        found => found,
+                    };
                     self.event(Event::Ticket(t));
                 }
                 Effect::Connect => {
@@ -156,7 +178,8 @@ impl Shell {
                         self.pending_sink.push(d.msg_id);
                     }
                 }
-                Effect::SaveTicket(_) | Effect::DeleteTicket => {}
+                Effect::SaveTicket(t) => self.stored = Some(t),
+                Effect::DeleteTicket => self.stored = None,
             }
         }
     }
@@ -171,7 +194,10 @@ impl Shell {
         assert_eq!(c.connections, i64::from(is_connected(phase)), "{phase:?}");
         assert_eq!(c.online, i64::from(phase == Phase::Online), "{phase:?}");
         if is_connected(phase) || phase == Phase::Backoff {
-            assert!(self.device.poll_timeout().is_some(), "{phase:?} without a deadline");
+            assert!(
+                self.device.poll_timeout().is_some(),
+                "{phase:?} without a deadline"
+            );
         }
     }
 
@@ -247,9 +273,15 @@ fuzz_target!(|data: &[u8]| {
     let [conf, hb, ops @ ..] = data else {
         return;
     };
-    let mut shell = Shell::new(&configs()[usize::from(conf & 0x07)], *conf);
+    thread_local! {
+        static STATS: RefCell<Option<ShardStats>> = const { RefCell::new(None) };
+    }
+    let stats = STATS.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    let mut shell = Shell::new(&configs()[usize::from(conf & 0x07)], *conf, stats);
     shell.bring_online(HEARTBEATS[usize::from(hb & 0x07)]);
-    shell.tickets_found = conf & 0x08 == 0;
+    if conf & 0x08 != 0 {
+        shell.stored = None;
+    }
     let mut i = 0;
     while i < ops.len() {
         let op = ops[i];
@@ -288,4 +320,5 @@ fuzz_target!(|data: &[u8]| {
             },
         }
     }
+    STATS.with(|s| *s.borrow_mut() = Some(shell.stats));
 });

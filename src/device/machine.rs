@@ -277,13 +277,11 @@ impl Device {
             (_, ServerMessage::Error(e)) if e.code == ErrorCode::REPEAT_HANDSHAKE => {
                 ctx.stats.counters.error(e.code.0);
             }
-            (Phase::Online, ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 => {
-                if !self.bound {
-                    self.bound = true;
-                    self.deadline = Tick::NEVER;
-                    ctx.stats.counters.bound += 1;
-                    ctx.stats.latencies.record(Latency::Bind, took);
-                }
+            (Phase::Online, ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 && !self.bound => {
+                self.bound = true;
+                self.deadline = Tick::NEVER;
+                ctx.stats.counters.bound += 1;
+                ctx.stats.latencies.record(Latency::Bind, took);
             }
             (Phase::Online, ServerMessage::Push(push)) => {
                 ctx.stats.counters.pushes_received += 1;

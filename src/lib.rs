@@ -1,11 +1,43 @@
-//! mpush-fleet: holds hundreds of thousands of MPUSH device sessions from one Linux machine.
+//! mpush-fleet: holds hundreds of thousands of MPUSH device sessions from one Linux machine,
+//! as a device-fleet proxy (pushes handed to a sink, acked upstream only once it has them) or
+//! as a soak and load tester of staging servers.
+//!
+//! # Layout
+//!
+//! A sans-IO core, like quinn-proto and rustls: it takes bytes, time and events, and returns
+//! bytes to send, deadlines and effects. No sockets, clocks or async inside.
+//!
+//! - [`proto`]: the wire. Frames, the `0xDF` heartbeat, fields, every message, the flag-driven
+//!   deflate/AES body pipeline. Pinned byte for byte by the Java golden vectors.
+//! - [`crypto`]: chunked RSA PKCS#1 v1.5, AES-128-CBC, [`crypto::AesBatch`] (many sessions'
+//!   messages interleaved through AES-NI in one call), the key mix, the `cipherStr` form.
+//! - [`device`]: one device's session cycle (PROTOCOL.md 6) as a state machine.
+//!
+//! A thin runtime shell around it, so the runtime can change without touching the core:
+//!
+//! - [`shard`]: one pinned thread per core running tokio-uring. It owns its devices, their
+//!   sockets and buffers, one deadline heap for all their timers, and its ticket-store client;
+//!   each loop turn's AES work goes through one batch.
+//! - [`tickets`]: the Java-compatible `mp:fcd:` / `mp:rs:` values and the stores (in memory;
+//!   Redis through fred, pipelined per loop turn).
+//! - [`sink`]: where a proxy hands received pushes (stdout, file, Unix socket), with the
+//!   acceptance that lets a BIZ_ACK push be acked upstream.
+//! - [`control`]: the CLI, configuration, shard start-up, status, report and exit code. It
+//!   talks to shards only over crossbeam channels.
+//! - [`stats`]: per-shard counters and HDR histograms, merged by the control plane; Prometheus.
+//!
+//! And an independent peer that shares only [`proto`] and [`crypto`]:
+//!
+//! - [`server`]: the reference MPUSH server (`mpush-fleet serve`), for tests, the embedded
+//!   default of `run`, and as a local stand-in for staging.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod control;
 pub mod crypto;
+pub mod device;
 pub mod proto;
 pub mod server;
-pub mod tickets;
-pub mod device;
-pub mod stats;
 pub mod shard;
-pub mod control;
+pub mod sink;
+pub mod stats;
+pub mod tickets;

@@ -13,13 +13,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Run a device fleet (against the embedded reference server unless --server is given).
-    Run(mpush_fleet::control::cli::RunArgs),
+    Run(Box<mpush_fleet::control::cli::RunArgs>),
     /// Run the reference MPUSH server until Ctrl-C.
     Serve(mpush_fleet::server::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -27,13 +29,15 @@ fn main() -> std::process::ExitCode {
         .init();
     let outcome = match Cli::parse().command {
         Commands::Serve(args) => mpush_fleet::server::serve_main(args).map(|()| 0),
-        Commands::Run(args) => mpush_fleet::control::cli::run_main(args),
+        Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<mpush_fleet::control::cli::UsageError>().is_some();
+            let usage = e
+                .downcast_ref::<mpush_fleet::control::cli::UsageError>()
+                .is_some();
             std::process::ExitCode::from(if usage { 2 } else { 1 })
         }
     }

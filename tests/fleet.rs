@@ -50,14 +50,21 @@ fn start(cfg: FleetConfig, stores: Vec<Box<dyn TicketStore>>) -> Fleet {
     Fleet::start(cfg, stores).expect("fleet starts")
 }
 
-fn wait_server(server: &ServerHandle, what: &str, done: impl Fn(&ServerStats) -> bool) -> ServerStats {
+fn wait_server(
+    server: &ServerHandle,
+    what: &str,
+    done: impl Fn(&ServerStats) -> bool,
+) -> ServerStats {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let s = server.stats();
         if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "server never reached: {what}; stats {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "server never reached: {what}; stats {s:?}"
+        );
         std::thread::yield_now();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -66,7 +73,11 @@ fn wait_server(server: &ServerHandle, what: &str, done: impl Fn(&ServerStats) ->
 fn all_online_and_bound(fleet: &mut Fleet, n: u32, what: &str) {
     let n64 = u64::from(n);
     let ok = fleet.wait_until(PATIENCE, |c| c.online == i64::from(n) && c.bound >= n64);
-    assert!(ok, "{what}: not all online and bound: {:?}", fleet.counters());
+    assert!(
+        ok,
+        "{what}: not all online and bound: {:?}",
+        fleet.counters()
+    );
 }
 
 fn stop(fleet: Fleet) -> FleetResult {
@@ -77,7 +88,8 @@ fn stop(fleet: Fleet) -> FleetResult {
 /// stopped and started again, the fleet comes back entirely by fast connect.
 #[test]
 fn two_thousand_devices_handshake_bind_then_return_by_fast_connect() {
-    if !common::io_uring_or_skip("two_thousand_devices_handshake_bind_then_return_by_fast_connect") {
+    if !common::io_uring_or_skip("two_thousand_devices_handshake_bind_then_return_by_fast_connect")
+    {
         return;
     }
     let _serial = serial();
@@ -86,7 +98,10 @@ fn two_thousand_devices_handshake_bind_then_return_by_fast_connect() {
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), memory_stores(2));
     all_online_and_bound(&mut fleet, n, "first run");
     let s = wait_server(&server, "2000 binds", |s| s.binds >= 2_000);
-    assert_eq!((s.handshakes, s.fast_connects, s.binds, s.connections), (2_000, 0, 2_000, 2_000));
+    assert_eq!(
+        (s.handshakes, s.fast_connects, s.binds, s.connections),
+        (2_000, 0, 2_000, 2_000)
+    );
     let first = stop(fleet);
     assert_eq!(first.stats.counters.handshakes, 2_000);
     assert_eq!(first.stats.counters.tickets_saved, 2_000);
@@ -96,9 +111,17 @@ fn two_thousand_devices_handshake_bind_then_return_by_fast_connect() {
     all_online_and_bound(&mut fleet, n, "second run");
     let second = stop(fleet);
     let c = &second.stats.counters;
-    assert_eq!((c.fast_connects, c.handshakes), (2_000, 0), "second run: {c:?}");
+    assert_eq!(
+        (c.fast_connects, c.handshakes),
+        (2_000, 0),
+        "second run: {c:?}"
+    );
     let s = server.stats();
-    assert_eq!((s.handshakes, s.fast_connects), (2_000, 2_000), "0 new RSA handshakes");
+    assert_eq!(
+        (s.handshakes, s.fast_connects),
+        (2_000, 2_000),
+        "0 new RSA handshakes"
+    );
     server.shutdown();
 }
 
@@ -118,7 +141,11 @@ fn expired_sessions_fall_back_to_handshakes() {
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), first.stores);
     all_online_and_bound(&mut fleet, n, "after expiry");
     let c = stop(fleet).stats.counters;
-    assert_eq!((c.fast_connects, c.fast_connect_rejected, c.handshakes), (0, 500, 500), "{c:?}");
+    assert_eq!(
+        (c.fast_connects, c.fast_connect_rejected, c.handshakes),
+        (0, 500, 500),
+        "{c:?}"
+    );
     assert_eq!(c.errors.get(&103), Some(&500));
     server.shutdown();
 }
@@ -132,7 +159,10 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
         return;
     }
     let _serial = serial();
-    let server = server(ServerConfig { sessionid_quirk: true, ..ServerConfig::new() });
+    let server = server(ServerConfig {
+        sessionid_quirk: true,
+        ..ServerConfig::new()
+    });
     let n = 500;
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), memory_stores(2));
     all_online_and_bound(&mut fleet, n, "first run");
@@ -146,13 +176,26 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
     let c = stop(fleet).stats.counters;
     let rejected_104 = c.errors.get(&104).copied().unwrap_or(0);
     assert!(rejected_104 >= 1, "{c:?}");
-    assert_eq!(c.fast_connect_rejected, rejected_104, "only 104s here: {c:?}");
-    assert_eq!(c.fast_connects + c.fast_connect_rejected, 500, "every device tried fast connect");
-    assert_eq!(c.handshakes, c.fast_connect_rejected, "each rejected device handshook again");
+    assert_eq!(
+        c.fast_connect_rejected, rejected_104,
+        "only 104s here: {c:?}"
+    );
+    assert_eq!(
+        c.fast_connects + c.fast_connect_rejected,
+        500,
+        "every device tried fast connect"
+    );
+    assert_eq!(
+        c.handshakes, c.fast_connect_rejected,
+        "each rejected device handshook again"
+    );
     server.shutdown();
 }
 
-fn load(store: &mut Box<dyn TicketStore>, device: &str) -> mpush_fleet::tickets::format::ClientTicket {
+fn load(
+    store: &mut Box<dyn TicketStore>,
+    device: &str,
+) -> mpush_fleet::tickets::format::ClientTicket {
     store.load(0, device);
     let mut out: Vec<Loaded> = Vec::new();
     store.drain_ready(&mut out);
@@ -167,7 +210,11 @@ fn heartbeats_keep_sessions_and_silence_makes_devices_reconnect() {
         return;
     }
     let _serial = serial();
-    let server = server(ServerConfig { min_heartbeat_ms: 1_000, max_heartbeat_ms: 1_000, ..ServerConfig::new() });
+    let server = server(ServerConfig {
+        min_heartbeat_ms: 1_000,
+        max_heartbeat_ms: 1_000,
+        ..ServerConfig::new()
+    });
     let n = 200;
     let mut cfg = fleet_config(server.local_addr(), n, 2);
     cfg.device.min_heartbeat = 1_000;
@@ -175,11 +222,23 @@ fn heartbeats_keep_sessions_and_silence_makes_devices_reconnect() {
     let mut fleet = start(cfg, memory_stores(2));
     all_online_and_bound(&mut fleet, n, "start");
     // Several periods: at least 4 echoed heartbeats per device.
-    assert!(fleet.wait_until(PATIENCE, |c| c.heartbeats_received >= 4 * 200), "{:?}", fleet.counters());
+    assert!(
+        fleet.wait_until(PATIENCE, |c| c.heartbeats_received >= 4 * 200),
+        "{:?}",
+        fleet.counters()
+    );
     let c = fleet.counters();
-    assert_eq!((c.online, c.reconnects, c.read_timeouts), (200, 0, 0), "{c:?}");
+    assert_eq!(
+        (c.online, c.reconnects, c.read_timeouts),
+        (200, 0, 0),
+        "{c:?}"
+    );
     let s = server.stats();
-    assert_eq!(s.closes_by_reason.get("idle_timeout"), None, "the server timed a session out: {s:?}");
+    assert_eq!(
+        s.closes_by_reason.get("idle_timeout"),
+        None,
+        "the server timed a session out: {s:?}"
+    );
     assert_eq!(s.connections, 200);
 
     server.set_heartbeat_echo(false);
@@ -209,10 +268,17 @@ fn kick_push_error_garbage_and_close_all_are_each_handled() {
     all_online_and_bound(&mut fleet, n, "start");
 
     // Push with AUTO_ACK: the server sees the ack.
-    let sent = server.push(PushTarget::User("user-5".into()), Bytes::from_static(b"hi"), AckMode::Auto);
+    let sent = server.push(
+        PushTarget::User("user-5".into()),
+        Bytes::from_static(b"hi"),
+        AckMode::Auto,
+    );
     assert_eq!(sent.sent, 1);
     wait_server(&server, "ack of the push", |s| s.acks_received >= 1);
-    assert!(server.pushes().iter().any(|p| p.user_id == "user-5" && p.acked));
+    assert!(server
+        .pushes()
+        .iter()
+        .any(|p| p.user_id == "user-5" && p.acked));
     assert!(fleet.wait_until(PATIENCE, |c| c.pushes_received == 1 && c.acks_sent == 1));
 
     // Kick: user-7 binds again from another connection of the same client type (a
@@ -222,7 +288,11 @@ fn kick_push_error_garbage_and_close_all_are_each_handled() {
     twin_cfg.device.device_id = Template::new("twin-{i}");
     let mut twin = start(twin_cfg, memory_stores(1));
     all_online_and_bound(&mut twin, 1, "twin");
-    assert!(fleet.wait_until(PATIENCE, |c| c.kicks == 1 && c.online == 99), "{:?}", fleet.counters());
+    assert!(
+        fleet.wait_until(PATIENCE, |c| c.kicks == 1 && c.online == 99),
+        "{:?}",
+        fleet.counters()
+    );
     stop(twin);
 
     // An ERROR reply: devices with an empty device id get "Param invalid" and a close.
@@ -230,20 +300,35 @@ fn kick_push_error_garbage_and_close_all_are_each_handled() {
     bad_cfg.first_device = 1_000;
     bad_cfg.device.device_id = Template::new("");
     let mut bad = start(bad_cfg, memory_stores(1));
-    assert!(bad.wait_until(PATIENCE, |c| !c.errors.is_empty() && c.reconnects >= 3), "{:?}", bad.counters());
+    assert!(
+        bad.wait_until(PATIENCE, |c| !c.errors.is_empty() && c.reconnects >= 3),
+        "{:?}",
+        bad.counters()
+    );
     stop(bad);
 
     // A garbage frame to every connection: each device drops its connection and comes back.
     let before = fleet.counters();
     assert_eq!(server.send_garbage(), 99);
-    assert!(fleet.wait_until(PATIENCE, |c| c.decode_errors + c.peer_closed >= before.decode_errors + 99
-        && c.online == 99 && c.bound >= before.bound + 99), "{:?}", fleet.counters());
+    assert!(
+        fleet.wait_until(PATIENCE, |c| c.decode_errors + c.peer_closed
+            >= before.decode_errors + 99
+            && c.online == 99
+            && c.bound >= before.bound + 99),
+        "{:?}",
+        fleet.counters()
+    );
 
     // The server closes everything: every device reconnects by fast connect.
     let before = fleet.counters();
     server.close_all();
-    assert!(fleet.wait_until(PATIENCE, |c| c.fast_connects >= before.fast_connects + 99
-        && c.online == 99 && c.bound >= before.bound + 99), "{:?}", fleet.counters());
+    assert!(
+        fleet.wait_until(PATIENCE, |c| c.fast_connects >= before.fast_connects + 99
+            && c.online == 99
+            && c.bound >= before.bound + 99),
+        "{:?}",
+        fleet.counters()
+    );
     let c = stop(fleet).stats.counters;
     assert_eq!(c.kicks, 1);
     assert_eq!(c.ever_online, 100);
@@ -266,7 +351,10 @@ fn two_source_addresses_are_both_used() {
     let peers = server.peers();
     let from = |ip: [u8; 4]| peers.iter().filter(|p| p.ip() == IpAddr::from(ip)).count();
     assert_eq!(from([127, 0, 0, 2]) + from([127, 0, 0, 3]), 50, "{peers:?}");
-    assert!(from([127, 0, 0, 2]) >= 20 && from([127, 0, 0, 3]) >= 20, "{peers:?}");
+    assert!(
+        from([127, 0, 0, 2]) >= 20 && from([127, 0, 0, 3]) >= 20,
+        "{peers:?}"
+    );
     stop(fleet);
     server.shutdown();
 }

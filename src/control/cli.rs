@@ -1,19 +1,28 @@
 //! `mpush-fleet run`: flags (mirrored by a TOML `--config` file), the embedded server, status
-//! lines, the summary and the exit code (0: every device reached online; 1: some did not;
-//! 2: bad usage).
+//! lines (a progress bar while ramping on a terminal), the push sink, the metrics endpoint,
+//! the summary and the exit code (0: every device reached online and no `--fail-on` threshold
+//! held; 1: otherwise; 2: bad usage).
 
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::embedded::{Embedded, SPARE_DESCRIPTORS};
+use super::fail_on::{self, Threshold};
 use super::report::{status_line, RunReport};
 use super::{memory_stores, Fleet, FleetConfig};
 use crate::crypto::RsaEncryptor;
 use crate::device::{DeviceConfig, Template};
-use crate::server::{Server, ServerConfig, ServerHandle};
+use crate::sink::{Sink, SinkSpec};
+use crate::stats::prometheus::serve_metrics;
+use crate::stats::{Counters, ShardStats};
+use crate::tickets::{RedisConfig, RedisTickets};
 
 /// `mpush-fleet run` flags. Every flag has a TOML key of the same name (`--devices` is
 /// `devices = 10000`, `--server` is `server = ["127.0.0.1:3000"]`); flags on the command line
@@ -92,6 +101,32 @@ pub struct RunArgs {
     /// Heartbeat of the embedded server, ms (min and max).
     #[arg(long, default_value_t = 180_000)]
     pub embedded_heartbeat: i32,
+    /// Push sink: `stdout`, `file:PATH` or `unix:PATH` (JSON lines; BIZ_ACK pushes are acked
+    /// upstream only once the sink took them). With `stdout`, status goes to stderr.
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<SinkSpec>,
+    /// Records the sink may queue (and, unix, await acks for) before reading slows down.
+    #[arg(long, default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub sink_capacity: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:9100`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Exit 1 when a threshold holds at the end: `online<99.9%`, `handshake.p99>500ms`,
+    /// `errors>0`, `reconnects>10` (repeatable or comma-separated; see `control::fail_on`).
+    #[arg(long = "fail-on", value_name = "EXPR", value_delimiter = ',')]
+    pub fail_on: Vec<Threshold>,
+    /// Keep tickets in Redis instead of memory, shared with other processes and later runs:
+    /// `redis://HOST:PORT/DB`, `redis-cluster://HOST:PORT?node=HOST:PORT`, or
+    /// `redis-sentinel://HOST:PORT/DB?sentinelServiceName=NAME`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Key prefix of tickets in Redis.
+    #[arg(long, default_value = crate::tickets::format::CLIENT_TICKET_PREFIX)]
+    pub redis_prefix: String,
+    /// Longest a ticket lives in Redis (never beyond its session's expireTime).
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
+    pub ticket_ttl: Duration,
 }
 
 /// Parses `30s`, `5m`, `2h`, `250ms` or plain seconds.
@@ -101,8 +136,13 @@ pub struct RunArgs {
 /// A message for clap when the text is none of those.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s}"))?;
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -135,7 +175,10 @@ pub fn expand_sources(values: &[String]) -> anyhow::Result<Vec<IpAddr>> {
             let hosts = if size > 2 { 1..size - 1 } else { 0..size };
             out.extend(hosts.map(|i| IpAddr::from(std::net::Ipv4Addr::from(base + i))));
         } else {
-            out.push(v.parse().with_context(|| format!("bad source address {v}"))?);
+            out.push(
+                v.parse()
+                    .with_context(|| format!("bad source address {v}"))?,
+            );
         }
     }
     Ok(out)
@@ -148,9 +191,14 @@ pub fn expand_sources(values: &[String]) -> anyhow::Result<Vec<IpAddr>> {
 ///
 /// An unreadable file, bad TOML, or a value of an unsupported type.
 pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
-    let Some(path) = args.config.clone() else { return Ok(args) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
     let mut merged: Vec<String> = vec!["run".into()];
     for (key, value) in &table {
         let flag = format!("--{}", key.replace('_', "-"));
@@ -161,7 +209,10 @@ pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
                 toml::Value::Float(f) => merged.extend([flag.clone(), f.to_string()]),
                 toml::Value::Boolean(true) => merged.push(flag.clone()),
                 toml::Value::Boolean(false) => {}
-                other => bail!("{}: key {key} has an unsupported value {other}", path.display()),
+                other => bail!(
+                    "{}: key {key} has an unsupported value {other}",
+                    path.display()
+                ),
             }
             Ok(())
         };
@@ -180,7 +231,9 @@ pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
     enum Sub {
         Run(RunArgs),
     }
-    let Wrap { cmd: Sub::Run(args) } = Wrap::try_parse_from(std::iter::once("mpush-fleet".to_string()).chain(merged))?;
+    let Wrap {
+        cmd: Sub::Run(args),
+    } = Wrap::try_parse_from(std::iter::once("mpush-fleet".to_string()).chain(merged))?;
     Ok(args)
 }
 
@@ -205,27 +258,70 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         )
     })?;
     let embedded = args.servers.is_empty();
-    check_descriptors(args.devices, embedded)?;
-    let server: Option<ServerHandle> = if embedded {
-        let mut cfg = ServerConfig::new();
-        cfg.min_heartbeat_ms = args.embedded_heartbeat;
-        cfg.max_heartbeat_ms = args.embedded_heartbeat;
-        let handle = Server::start(cfg).context("starting the embedded server")?;
-        tracing::info!(addr = %handle.local_addr(), "embedded reference server started");
-        Some(handle)
+    let limit = check_descriptors(args.devices)?;
+    let server = if embedded {
+        Some(Embedded::start(
+            args.devices,
+            args.embedded_heartbeat,
+            limit,
+        )?)
     } else {
         None
     };
-    let cfg = fleet_config(&args, server.as_ref().map(ServerHandle::local_addr))?;
+    let cfg = fleet_config(&args, server.as_ref().map(Embedded::addr))?;
     let devices = cfg.devices;
-    let stores = memory_stores(cfg.shards);
+    let sink = match &args.sink {
+        Some(spec) => {
+            Some(Sink::start(spec.clone(), args.sink_capacity).context("starting the sink")?)
+        }
+        None => None,
+    };
+    let cfg = FleetConfig {
+        sink: sink.as_ref().map(Sink::sender),
+        ..cfg
+    };
+    let mut out = Progress::new(devices, matches!(args.sink, Some(SinkSpec::Stdout)));
+    let stores = match &args.redis {
+        Some(url) => {
+            let redis = RedisConfig {
+                prefix: args.redis_prefix.clone(),
+                ticket_ttl: args.ticket_ttl,
+                ..RedisConfig::new(url.clone())
+            };
+            RedisTickets::fleet(redis, cfg.shards)
+                .map_err(|e| UsageError(format!("--redis: {e}")))?
+        }
+        None => memory_stores(cfg.shards),
+    };
     let stop = stop_signal()?;
     let mut fleet = Fleet::start(cfg, stores)?;
+    // The scrape thread reads the latest merge; the lock is the control plane's, never a
+    // shard's, and is held only to swap or clone a snapshot.
+    let latest = Arc::new(Mutex::new(ShardStats::default()));
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let latest = latest.clone();
+            let source = move || {
+                latest
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            };
+            let server = serve_metrics(addr, Arc::new(source))?;
+            tracing::info!(addr = %server.local_addr(), "metrics at /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let status_every = Duration::from_secs_f64(args.status_every.max(0.1));
     let mut next_status = Instant::now() + status_every;
     let deadline = args.duration.map(|d| Instant::now() + d);
     loop {
         fleet.poll(Duration::from_millis(100));
+        if metrics.is_some() {
+            *latest.lock().unwrap_or_else(PoisonError::into_inner) = fleet.stats();
+        }
+        out.update(&fleet.counters());
         if stop.try_recv().is_ok() {
             eprintln!("stopping (signal)");
             break;
@@ -234,26 +330,43 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             break;
         }
         if Instant::now() >= next_status {
-            println!("{}", status_line(devices, fleet.elapsed(), &fleet.stats()));
+            out.line(&status_line(devices, fleet.elapsed(), &fleet.stats()));
             next_status += status_every;
         }
     }
     fleet.poll(Duration::ZERO);
     let online_before_stop = fleet.counters().online;
     let result = fleet.stop()?;
+    out.finish();
+    if let Some(sink) = sink {
+        let spec = sink.spec().to_string();
+        let d = sink.close(SINK_DRAIN_TIMEOUT);
+        out.line(&format!(
+            "sink {spec}: written {} acked {} left unacked {}",
+            d.written, d.acked, d.left
+        ));
+    }
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
-    println!("{}", status_line(devices, result.elapsed, &result.stats));
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    out.line(&status_line(devices, result.elapsed, &result.stats));
+    out.line(&serde_json::to_string_pretty(&report)?);
+    let mut judged = result.stats;
+    judged.counters.online = online_before_stop;
+    let violations = fail_on::evaluate(&args.fail_on, devices, &judged);
+    for v in &violations {
+        eprintln!("{v}");
+    }
+    drop(metrics);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(server) = server {
-        server.shutdown();
+        server.stop();
     }
-    Ok(if report.ever_online >= u64::from(devices) { 0 } else { 1 })
+    let passed = report.ever_online >= u64::from(devices) && violations.is_empty();
+    Ok(if passed { 0 } else { 1 })
 }
 
 fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<FleetConfig> {
@@ -301,25 +414,23 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
     Ok(cfg)
 }
 
-/// Fails early, naming the limit, when the fleet needs more descriptors than the process may
-/// open: a clear error at start instead of a cascade of EMFILE failures.
-fn check_descriptors(devices: u32, embedded: bool) -> anyhow::Result<()> {
+/// Fails early, naming the limit, when this process cannot open a descriptor per device: a
+/// clear error at start instead of a cascade of EMFILE failures. Returns the limit.
+fn check_descriptors(devices: u32) -> anyhow::Result<u64> {
     let limit = crate::server::raise_nofile_limit().unwrap_or(1024);
-    let per_device = if embedded { 2 } else { 1 };
-    let needed = u64::from(devices) * per_device + 128;
+    let needed = u64::from(devices) + SPARE_DESCRIPTORS;
     if needed > limit {
-        let max = (limit.saturating_sub(128)) / per_device;
         return Err(UsageError(format!(
-            "{devices} devices need about {needed} open files{}, but this process may open \
-             {limit} (RLIMIT_NOFILE hard limit). Raise the limit (see tuning/limits.sh), or \
-             split the fleet across processes with --first-device (at most {max} devices per \
-             process here){}",
-            if embedded { " (each loopback session costs one on each side)" } else { "" },
-            if embedded { ", with `mpush-fleet serve` processes as servers" } else { "" },
+            "{devices} devices need about {needed} open files, but this process may open \
+             {limit} (its RLIMIT_NOFILE hard limit). Raise the limit (tuning/apply.sh says \
+             how), or split the fleet across processes with --first-device: at most {} \
+             devices per process here, each against `mpush-fleet serve` processes of their own \
+             (a serve process holds as many sessions as its own limit allows)",
+            limit.saturating_sub(SPARE_DESCRIPTORS),
         ))
         .into());
     }
-    Ok(())
+    Ok(limit)
 }
 
 /// A channel that receives once on SIGINT or SIGTERM.
@@ -330,6 +441,72 @@ fn stop_signal() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
     })
     .context("installing the signal handler")?;
     Ok(rx)
+}
+
+/// How long the sink may take at exit to write what is queued and collect its acks.
+const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where status goes: a progress bar while the fleet ramps when the output is a terminal,
+/// plain lines otherwise (CI, logs); stderr instead of stdout when stdout carries the sink's
+/// JSON lines.
+struct Progress {
+    bar: Option<ProgressBar>,
+    to_stderr: bool,
+    devices: u64,
+}
+
+impl Progress {
+    fn new(devices: u32, to_stderr: bool) -> Progress {
+        let tty = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        let bar = tty.then(|| {
+            let target = if to_stderr {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::stdout()
+            };
+            let bar = ProgressBar::with_draw_target(Some(u64::from(devices)), target);
+            let template = "{elapsed_precise} [{wide_bar}] {pos}/{len} came online  {msg}";
+            // The template is a constant; the fallback keeps a bad one from costing the run.
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            to_stderr,
+            devices: u64::from(devices),
+        }
+    }
+
+    /// Moves the bar; once every device came online the ramp is over and plain lines resume.
+    fn update(&mut self, c: &Counters) {
+        let Some(bar) = &self.bar else { return };
+        bar.set_position(c.ever_online.min(self.devices));
+        bar.set_message(format!("online {} reconnects {}", c.online, c.reconnects));
+        if c.ever_online >= self.devices {
+            self.finish();
+        }
+    }
+
+    fn line(&self, s: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(s),
+            None if self.to_stderr => eprintln!("{s}"),
+            None => println!("{s}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]

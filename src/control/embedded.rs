@@ -51,7 +51,13 @@ impl Embedded {
         let exe = std::env::current_exe().context("locating mpush-fleet for the child server")?;
         let hb = heartbeat_ms.to_string();
         let child = Command::new(exe)
-            .args(["serve", "--listen", &addr.to_string(), "--min-heartbeat", &hb])
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--min-heartbeat",
+                &hb,
+            ])
             .args(["--max-heartbeat", &hb])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

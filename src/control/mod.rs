@@ -7,6 +7,8 @@
 //! - [`report`]: the summary and the `--report` JSON.
 
 pub mod cli;
+pub mod embedded;
+pub mod fail_on;
 pub mod report;
 
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +49,10 @@ pub struct FleetConfig {
     pub seed: Option<u64>,
     /// io_uring submission-queue entries per shard.
     pub ring_entries: u32,
+    /// Where shards hand received pushes (`--sink`); `None` acks them without a sink.
+    pub sink: Option<crate::sink::SinkSender>,
+    /// How long a graceful stop waits for the sink to take what was received.
+    pub drain_timeout: Duration,
 }
 
 impl Default for FleetConfig {
@@ -63,6 +69,8 @@ impl Default for FleetConfig {
             report_every: Duration::from_millis(200),
             seed: None,
             ring_entries: 4096,
+            sink: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -70,7 +78,9 @@ impl Default for FleetConfig {
 /// In-memory ticket stores, one per shard: what [`Fleet::start`] takes and [`Fleet::stop`]
 /// gives back, so that a second run in the same process comes back by fast connect.
 pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
-    (0..shards).map(|_| Box::new(MemoryTickets::new()) as Box<dyn TicketStore>).collect()
+    (0..shards)
+        .map(|_| Box::new(MemoryTickets::new()) as Box<dyn TicketStore>)
+        .collect()
 }
 
 struct ShardCtl {
@@ -112,7 +122,11 @@ impl Fleet {
         if cfg.shards == 0 || stores.len() != cfg.shards {
             bail!("{} ticket stores for {} shards", stores.len(), cfg.shards);
         }
-        let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let cores = if cfg.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let device = Arc::new(cfg.device.clone());
         let (report_tx, reports) = crossbeam_channel::unbounded();
         let mut shards = Vec::with_capacity(cfg.shards);
@@ -132,14 +146,25 @@ impl Fleet {
                 report_every: cfg.report_every,
                 seed: cfg.seed,
                 ring_entries: cfg.ring_entries,
+                sink: cfg.sink.clone(),
+                drain_timeout: cfg.drain_timeout,
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
             let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())
                 .with_context(|| format!("spawning shard {id}"))?;
-            shards.push(ShardCtl { commands: cmd_tx, thread });
+            shards.push(ShardCtl {
+                commands: cmd_tx,
+                thread,
+            });
         }
         let latest = vec![ShardStats::default(); cfg.shards];
-        Ok(Fleet { cfg, shards, reports, latest, started: Instant::now() })
+        Ok(Fleet {
+            cfg,
+            shards,
+            reports,
+            latest,
+            started: Instant::now(),
+        })
     }
 
     /// The configuration it runs.
@@ -225,7 +250,11 @@ impl Fleet {
         if let Some(e) = error {
             bail!(e);
         }
-        Ok(FleetResult { stats, stores, elapsed: self.started.elapsed() })
+        Ok(FleetResult {
+            stats,
+            stores,
+            elapsed: self.started.elapsed(),
+        })
     }
 }
 

@@ -69,7 +69,10 @@ impl RunReport {
 }
 
 fn error_names(c: &Counters) -> BTreeMap<String, u64> {
-    c.errors.iter().map(|(&code, &n)| (format!("{}_{code}", ErrorCode(code).name()), n)).collect()
+    c.errors
+        .iter()
+        .map(|(&code, &n)| (format!("{}_{code}", ErrorCode(code).name()), n))
+        .collect()
 }
 
 /// One status line: where the fleet is now.
@@ -95,10 +98,21 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         line.push_str(&format!(" errors {}", list.join(",")));
     }
-    for l in [Latency::Connect, Latency::Handshake, Latency::FastConnect, Latency::Bind, Latency::HeartbeatRtt] {
+    for l in [
+        Latency::Connect,
+        Latency::Handshake,
+        Latency::FastConnect,
+        Latency::Bind,
+        Latency::HeartbeatRtt,
+    ] {
         let s = Summary::of(stats.latencies.get(l));
         if s.count > 0 {
-            line.push_str(&format!(" {} p50/p99 {:.1}/{:.1}ms", l.name(), s.p50_ms, s.p99_ms));
+            line.push_str(&format!(
+                " {} p50/p99 {:.1}/{:.1}ms",
+                l.name(),
+                s.p50_ms,
+                s.p99_ms
+            ));
         }
     }
     line

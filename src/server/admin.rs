@@ -7,7 +7,7 @@
 //! | `GET /peers` | | `{"peers": ["127.0.0.1:40000", ...]}` |
 //! | `GET /pushes` (or `/acks`) | | `{"pushes": [{"msg_id", "user_id", "conn", "ack", "acked"}]}` |
 //! | `GET /faults` | | the fault switches |
-//! | `POST /push` | `{"user_id": "u"` or `"all": true, "content": "text"` or `"content_b64": "..", "ack": "none"/"auto"/"biz"}` | `{"sent": n, "msg_ids": [..]}` |
+//! | `POST /push` | see below | `{"sent": n, "msg_ids": [..]}` |
 //! | `POST /kick` | `{"user_id": "u"}` | `{"kicked": n}` |
 //! | `POST /fault/expire-sessions` | | `{"expired": n}` |
 //! | `POST /fault/heartbeat-echo` | `{"on": false}` (or path `/on`, `/off`) | the fault switches |
@@ -15,6 +15,10 @@
 //! | `POST /fault/delay-ms` | `{"ms": 500}` (or path `/500`) | the fault switches |
 //! | `POST /fault/close-all` | | `{"closed": n}` |
 //! | `POST /fault/garbage` | | `{"sent": n}` |
+//!
+//! The push body: `{"user_id": "u"}` or `{"all": true}`, with `"content": "text"` or
+//! `"content_b64": "..."`, and `"ack": "none"` (default), `"auto"` or `"biz"`. Errors come
+//! back as 400 / 404 with `{"error": "..."}`.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -216,7 +220,10 @@ async fn route(ops: &ServerOps, req: &Request) -> (u16, Value) {
                 Err(e) => e,
             }
         }
-        _ => (404, json!({ "error": format!("no route {} {}", req.method, req.path) })),
+        _ => (
+            404,
+            json!({ "error": format!("no route {} {}", req.method, req.path) }),
+        ),
     }
 }
 
@@ -225,12 +232,15 @@ fn switch_on(arg: Option<&str>, body: &[u8]) -> Result<bool, (u16, Value)> {
         Some("on" | "true" | "1") => Ok(true),
         Some("off" | "false" | "0") => Ok(false),
         Some(_) => Err(bad("switch wants on or off")),
-        None => parse::<SwitchBody>(body)?.on.ok_or_else(|| bad("body needs \"on\"")),
+        None => parse::<SwitchBody>(body)?
+            .on
+            .ok_or_else(|| bad("body needs \"on\"")),
     }
 }
 
 fn push(ops: &ServerOps, body: &[u8]) -> Result<(u16, Value), (u16, Value)> {
-    let p: PushBody = serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))?;
+    let p: PushBody =
+        serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))?;
     let target = match (p.user_id, p.all) {
         (Some(u), false) if !u.is_empty() => PushTarget::User(u),
         (None, true) => PushTarget::All,

@@ -19,7 +19,12 @@ pub struct ServeArgs {
     pub admin: Option<SocketAddr>,
     /// RSA private key, base64 PKCS#8. Default: MPUSH's default key, so clients configured
     /// with MPUSH's default public key connect.
-    #[arg(long, env = "MPUSH_PRIVATE_KEY", hide_env_values = true, conflicts_with = "generate_key")]
+    #[arg(
+        long,
+        env = "MPUSH_PRIVATE_KEY",
+        hide_env_values = true,
+        conflicts_with = "generate_key"
+    )]
     pub private_key: Option<String>,
     /// Generate a fresh 1024-bit key pair at start and print its public key.
     #[arg(long)]
@@ -50,6 +55,10 @@ pub struct ServeArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Keep reusable sessions in Redis (`mp:rs:<sessionId>`, as the real server does) instead
+    /// of memory: `redis://HOST:PORT/DB`, `redis-cluster://...` or `redis-sentinel://...`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 impl ServeArgs {
@@ -75,7 +84,10 @@ impl ServeArgs {
             self.max_heartbeat >= self.min_heartbeat,
             "--max-heartbeat must be at least --min-heartbeat"
         );
-        anyhow::ensure!(self.max_packet_size > 0, "--max-packet-size must be positive");
+        anyhow::ensure!(
+            self.max_packet_size > 0,
+            "--max-packet-size must be positive"
+        );
         let limits = BodyLimits {
             max_body: self.max_packet_size,
             compress_threshold: self.compress_threshold,
@@ -104,12 +116,21 @@ impl ServeArgs {
 /// Bad flags, an address that cannot be bound, or a signal handler that cannot be installed.
 pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    let server = Server::start(config).context("starting the server")?;
+    let server = match &args.redis {
+        Some(url) => {
+            let sessions = crate::tickets::RedisSessions::new(url).context("--redis")?;
+            Server::start_with_store(config, std::sync::Arc::new(sessions))
+        }
+        None => Server::start(config),
+    }
+    .context("starting the server")?;
     println!("mpush server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("admin API on http://{admin}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(wait_for_stop_signal())?;
     println!("shutting down");
     server.shutdown();

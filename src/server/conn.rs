@@ -37,11 +37,19 @@ pub(crate) async fn run(
     let id = shared.add_conn(peer, tx);
     let session = ServerSession::new(shared.cfg.clone(), shared.now());
     let decoder = FrameDecoder::new(shared.cfg.limits.max_body);
-    let mut conn = Conn { shared, id, stream, session, decoder, out: BytesMut::new() };
+    let mut conn = Conn {
+        shared,
+        id,
+        stream,
+        session,
+        decoder,
+        out: BytesMut::new(),
+    };
     let reason = conn.drive(cmds, shutdown).await;
     tracing::debug!(conn = id.0, %peer, reason = reason.name(), "connection closed");
-    let _ = conn.stream.shutdown().await;
+    // Counted before the socket closes, so a peer that sees the close sees the counters.
     conn.shared.remove_conn(id, reason);
+    let _ = conn.stream.shutdown().await;
 }
 
 struct Conn {
@@ -88,7 +96,11 @@ impl Conn {
 
     async fn on_cmd(&mut self, cmd: ConnCmd) -> Result<(), CloseReason> {
         match cmd {
-            ConnCmd::Push { msg_id, content, flags } => {
+            ConnCmd::Push {
+                msg_id,
+                content,
+                flags,
+            } => {
                 self.session.handle_push(msg_id, content, flags);
             }
             ConnCmd::Kick { msg_id, user_id } => {
@@ -110,7 +122,8 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(_) => return Err(CloseReason::PeerClosed),
         }
-        self.session.set_echo_heartbeats(self.shared.faults().heartbeat_echo);
+        self.session
+            .set_echo_heartbeats(self.shared.faults().heartbeat_echo);
         loop {
             let unit = match self.decoder.decode(rx) {
                 Ok(Some(unit)) => unit,
@@ -125,7 +138,8 @@ impl Conn {
                 Unit::Heartbeat => self.session.handle_heartbeat(now),
                 Unit::Frame(frame) => {
                     let wall_ms = wall_clock_ms();
-                    self.session.handle_frame(now, wall_ms, &mut rand::thread_rng(), frame);
+                    self.session
+                        .handle_frame(now, wall_ms, &mut rand::thread_rng(), frame);
                 }
             }
             // Effects are applied unit by unit: a fast connect's lookup completes before
@@ -181,16 +195,26 @@ impl Conn {
                     };
                     self.session.handle_session_loaded(lookup);
                 }
-                Effect::StoreSession { session_id, session, ttl_secs } => {
+                Effect::StoreSession {
+                    session_id,
+                    session,
+                    ttl_secs,
+                } => {
                     let ttl = Duration::from_secs(u64::from(ttl_secs));
                     if let Err(e) = self.shared.store.put(&session_id, &session, ttl).await {
                         tracing::warn!(error = %e, "session store failed");
                     }
                 }
-                Effect::RegisterRoute { user_id, client_type } => {
+                Effect::RegisterRoute {
+                    user_id,
+                    client_type,
+                } => {
                     self.shared.register_route(user_id, client_type, self.id);
                 }
-                Effect::UnregisterRoute { user_id, client_type } => {
+                Effect::UnregisterRoute {
+                    user_id,
+                    client_type,
+                } => {
                     self.shared.unregister_route(user_id, client_type, self.id);
                 }
                 Effect::Acked(msg_id) => self.shared.record_ack(msg_id, self.id),

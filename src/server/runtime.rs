@@ -96,10 +96,19 @@ impl Server {
             io::Result::Ok((listener, admin))
         })?;
         let local_addr = listener.local_addr()?;
-        let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         rt.spawn(accept_loop(shared.clone(), listener, stop_rx.clone()));
-        let handle = ServerHandle { rt: Some(rt), shared, local_addr, admin_addr, stop: stop_tx };
+        let handle = ServerHandle {
+            rt: Some(rt),
+            shared,
+            local_addr,
+            admin_addr,
+            stop: stop_tx,
+        };
         if let Some(l) = admin_listener {
             let ops = handle.ops();
             handle.runtime().spawn(admin::serve(l, ops, stop_rx));
@@ -116,12 +125,6 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
 }
 
 impl ServerHandle {
@@ -177,7 +180,8 @@ impl ServerHandle {
         self.runtime().spawn(async move {
             let _ = tx.send(store.expire_all().await);
         });
-        rx.recv().unwrap_or_else(|_| Err(StoreError::Backend("server stopped".into())))
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Backend("server stopped".into())))
     }
 
     /// Fault: whether heartbeats are echoed (off: "stop answering heartbeats").
@@ -197,7 +201,8 @@ impl ServerHandle {
 
     /// Fault: close every open connection; returns how many were told to.
     pub fn close_all(&self) -> usize {
-        self.shared.broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
+        self.shared
+            .broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
     }
 
     /// Fault: send one garbage frame to every connection; returns how many were told to.
@@ -207,7 +212,9 @@ impl ServerHandle {
 
     /// The same operations as a cheap, cloneable value (what the admin API uses).
     pub fn ops(&self) -> ServerOps {
-        ServerOps { shared: self.shared.clone() }
+        ServerOps {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops accepting, closes every connection and stops the runtime.
@@ -270,7 +277,10 @@ impl ServerOps {
             PushTarget::All => None,
         };
         let msg_ids = self.shared.push(user, content, ack);
-        PushResult { sent: msg_ids.len(), msg_ids }
+        PushResult {
+            sent: msg_ids.len(),
+            msg_ids,
+        }
     }
 
     /// See [`ServerHandle::pushes`].
@@ -314,7 +324,8 @@ impl ServerOps {
 
     /// See [`ServerHandle::close_all`].
     pub fn close_all(&self) -> usize {
-        self.shared.broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
+        self.shared
+            .broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
     }
 
     /// See [`ServerHandle::send_garbage`].
@@ -334,8 +345,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
             Ok((stream, peer)) => {
                 shared.count_accept();
                 if shared.faults().reject_new {
-                    drop(stream);
                     shared.count_close(CloseReason::Rejected);
+                    drop(stream);
                     continue;
                 }
                 tokio::spawn(conn::run(shared.clone(), stream, peer, stop.clone()));
@@ -361,6 +372,12 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     if lim.current == lim.maximum {
         return Ok(lim.current.unwrap_or(u64::MAX));
     }
-    setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum })?;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    )?;
     Ok(lim.maximum.unwrap_or(u64::MAX))
 }

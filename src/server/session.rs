@@ -16,20 +16,16 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
 
-use crate::crypto::{mix_keys, session_id_md5_hex, AesCipher, RsaDecryptor};
+use crate::crypto::{AesCipher, RsaDecryptor};
 use crate::proto::frame::{begin_frame, finish_frame};
-use crate::proto::message::{
-    Ack, Bind, ErrorCode, ErrorReply, FastConnect, FastConnectOk, Handshake, HandshakeOk,
-    HttpRequest, HttpResponse, Kick, Message, OkReply, Push, Unbind, UserBinding,
-};
-use crate::proto::pipeline::{finish_open, Encoder};
-use crate::proto::{
-    open_body, BodyLimits, Cmd, DecodeError, Flags, Frame, MsgId, HEARTBEAT_BYTE,
-};
-use crate::tickets::format::ReusableSession;
+use crate::proto::message::{ErrorCode, FastConnectOk, Kick, Push};
+use crate::proto::pipeline::Encoder;
+use crate::proto::{BodyLimits, Cmd, DecodeError, Flags, Frame, MsgId};
+
+pub use types::{error_message, ClientType, CloseReason, Effect, SessionEvent, SessionLookup};
 
 /// Monotonic time in milliseconds since the shell's start. Only differences matter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,157 +74,9 @@ impl SessionConfig {
     /// `ConfigTools.getHeartbeat`: `max(min, min(client max, max))`. The client's min is not
     /// used by the real server either.
     pub fn heartbeat_for(&self, client_max: i32) -> i32 {
-        self.min_heartbeat_ms.max(client_max.min(self.max_heartbeat_ms))
+        self.min_heartbeat_ms
+            .max(client_max.min(self.max_heartbeat_ms))
     }
-}
-
-/// The client type a route is kept per (Java `ClientType.find`): the first class whose names
-/// occur in the lower-cased osName.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientType(pub i8);
-
-impl ClientType {
-    /// Classifies an osName: 1 mobile (android, ios), 2 pc (windows, mac, linux), 3 web (web,
-    /// h5), -1 unknown.
-    pub fn from_os_name(os_name: &str) -> ClientType {
-        const CLASSES: [(i8, &[&str]); 3] = [
-            (1, &["android", "ios"]),
-            (2, &["windows", "mac", "linux"]),
-            (3, &["web", "h5"]),
-        ];
-        let os = os_name.to_lowercase();
-        for (ty, names) in CLASSES {
-            if names.iter().any(|n| os.contains(n)) {
-                return ClientType(ty);
-            }
-        }
-        ClientType(-1)
-    }
-}
-
-/// Why a connection ended. The session names its own reasons; the shell adds the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// Handshake with an empty deviceId or wrong key/iv lengths ("Param invalid").
-    ParamInvalid,
-    /// Bind or unbind with an empty userId ("invalid param").
-    InvalidBindParam,
-    /// Bind or unbind before a handshake or fast connect ("not handshake").
-    NotHandshake,
-    /// A command with no handler (ERROR 101).
-    UnsupportedCmd,
-    /// A body that could not be decrypted, inflated or decoded (ERROR 100).
-    Garbled,
-    /// The session store failed during a fast connect (ERROR 100).
-    StoreFailed,
-    /// A header announced a body over `max-packet-size`, or a negative length.
-    BadFrame,
-    /// More than [`MAX_HB_TIMEOUT_TIMES`] consecutive idle checks.
-    IdleTimeout,
-    /// The peer closed or reset the connection (shell).
-    PeerClosed,
-    /// A socket error (shell).
-    IoError,
-    /// The close-all fault switch (shell).
-    CloseAll,
-    /// The reject-new fault switch closed it at accept (shell).
-    Rejected,
-    /// The server shut down (shell).
-    Shutdown,
-}
-
-impl CloseReason {
-    /// A stable snake_case name, for counters and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::ParamInvalid => "param_invalid",
-            CloseReason::InvalidBindParam => "invalid_bind_param",
-            CloseReason::NotHandshake => "not_handshake",
-            CloseReason::UnsupportedCmd => "unsupported_cmd",
-            CloseReason::Garbled => "garbled",
-            CloseReason::StoreFailed => "store_failed",
-            CloseReason::BadFrame => "bad_frame",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::IoError => "io_error",
-            CloseReason::CloseAll => "close_all",
-            CloseReason::Rejected => "rejected",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// Something worth counting happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// A handshake succeeded.
-    Handshake,
-    /// A fast connect succeeded.
-    FastConnect,
-    /// A user was bound.
-    Bind,
-    /// A user was unbound.
-    Unbind,
-    /// A heartbeat arrived.
-    Heartbeat,
-    /// An ERROR frame was sent with this code (0 for the reason-only errors).
-    ErrorSent(ErrorCode),
-    /// A push was written to the connection.
-    PushSent,
-    /// The client pushed something up (cmd 15).
-    ClientPush,
-    /// An HTTP_PROXY request was answered.
-    HttpProxy,
-}
-
-/// What the shell must do for the session.
-#[derive(Debug)]
-pub enum Effect {
-    /// Flush what [`ServerSession::poll_transmit`] gave, then close the connection.
-    Close(CloseReason),
-    /// Look up a reusable session; answer with [`ServerSession::handle_session_loaded`].
-    LoadSession {
-        /// The resumption id from the FastConnect.
-        session_id: String,
-    },
-    /// Store a reusable session for `ttl_secs` seconds.
-    StoreSession {
-        /// The resumption id handed to the client.
-        session_id: String,
-        /// What a fast connect restores.
-        session: ReusableSession,
-        /// Time to live.
-        ttl_secs: u32,
-    },
-    /// Route `user_id` of this client type to this connection; KICK the previous one.
-    RegisterRoute {
-        /// The user.
-        user_id: String,
-        /// The route's client type.
-        client_type: ClientType,
-    },
-    /// Remove the route if it still points to this connection.
-    UnregisterRoute {
-        /// The user.
-        user_id: String,
-        /// The route's client type.
-        client_type: ClientType,
-    },
-    /// The client acked the push with this message id.
-    Acked(MsgId),
-    /// Count something.
-    Event(SessionEvent),
-}
-
-/// The answer to [`Effect::LoadSession`].
-#[derive(Debug)]
-pub enum SessionLookup {
-    /// The session exists and has not expired.
-    Found(ReusableSession),
-    /// No such session (never stored, expired, or undecodable).
-    Missing,
-    /// The store failed.
-    Failed,
 }
 
 /// What a connection knows after a handshake or fast connect (Java `SessionContext`).
@@ -236,8 +84,6 @@ pub enum SessionLookup {
 struct Context {
     device_id: String,
     os_name: String,
-    os_version: String,
-    client_version: String,
     user_id: Option<String>,
 }
 
@@ -362,7 +208,12 @@ impl ServerSession {
             Some(Cmd::Push) => self.on_client_push(&frame),
             Some(Cmd::Ack) => self.effects.push_back(Effect::Acked(frame.msg_id)),
             Some(Cmd::HttpProxy) if self.cfg.http_proxy => self.on_http_proxy(&frame),
-            _ => self.error(&frame, ErrorCode::UNSUPPORTED_CMD, None, Some(CloseReason::UnsupportedCmd)),
+            _ => self.error(
+                &frame,
+                ErrorCode::UNSUPPORTED_CMD,
+                None,
+                Some(CloseReason::UnsupportedCmd),
+            ),
         }
     }
 
@@ -375,7 +226,12 @@ impl ServerSession {
         let req = (Cmd::FastConnect as u8, p.msg_id);
         match lookup {
             SessionLookup::Failed => {
-                self.error_to(req, ErrorCode::DISPATCH_ERROR, None, Some(CloseReason::StoreFailed));
+                self.error_to(
+                    req,
+                    ErrorCode::DISPATCH_ERROR,
+                    None,
+                    Some(CloseReason::StoreFailed),
+                );
             }
             SessionLookup::Missing => {
                 self.error_to(req, ErrorCode::SESSION_EXPIRED, None, None);
@@ -386,18 +242,17 @@ impl ServerSession {
             SessionLookup::Found(s) => {
                 let heartbeat = self.cfg.heartbeat_for(p.max_heartbeat);
                 let ok = FastConnectOk { heartbeat };
-                self.encoder.write_raw(&mut self.tx, &ok, p.msg_id, Flags::NONE);
+                self.encoder
+                    .write_raw(&mut self.tx, &ok, p.msg_id, Flags::NONE);
                 // The stored context replaces the connection's, cipher included.
                 self.cipher = Some(s.cipher.clone());
                 self.ctx = Some(Box::new(Context {
                     device_id: s.device_id.clone(),
                     os_name: s.os_name.clone(),
-                    os_version: s.os_version.clone(),
-                    client_version: s.client_version.clone(),
                     user_id: None,
                 }));
                 self.set_heartbeat(heartbeat);
-                self.effects.push_back(Effect::Event(SessionEvent::FastConnect));
+                self.event(SessionEvent::FastConnect);
             }
         }
     }
@@ -410,8 +265,9 @@ impl ServerSession {
         }
         let flags = flags.without(Flags::CRYPTO).without(Flags::COMPRESS);
         let push = Push { content };
-        self.encoder.write(&mut self.tx, &push, msg_id, flags, self.cipher.as_ref());
-        self.effects.push_back(Effect::Event(SessionEvent::PushSent));
+        self.encoder
+            .write(&mut self.tx, &push, msg_id, flags, self.cipher.as_ref());
+        self.event(SessionEvent::PushSent);
         true
     }
 
@@ -423,8 +279,17 @@ impl ServerSession {
             return false;
         }
         let device_id = self.device_id().unwrap_or_default().to_owned();
-        let kick = Kick { device_id, user_id: user_id.to_owned() };
-        self.encoder.write(&mut self.tx, &kick, msg_id, Flags::NONE, self.cipher.as_ref());
+        let kick = Kick {
+            device_id,
+            user_id: user_id.to_owned(),
+        };
+        self.encoder.write(
+            &mut self.tx,
+            &kick,
+            msg_id,
+            Flags::NONE,
+            self.cipher.as_ref(),
+        );
         true
     }
 
@@ -435,7 +300,8 @@ impl ServerSession {
             return;
         }
         let start = begin_frame(&mut self.tx, Cmd::Push, Flags::CRYPTO, MsgId(0));
-        self.tx.extend_from_slice(&[0xA5, 0x5A, 0x00, 0xFF, 0x13, 0x37, 0x42]);
+        self.tx
+            .extend_from_slice(&[0xA5, 0x5A, 0x00, 0xFF, 0x13, 0x37, 0x42]);
         finish_frame(&mut self.tx, start);
     }
 
@@ -486,228 +352,8 @@ impl ServerSession {
         self.effects.pop_front()
     }
 
-    // ----- handlers -----
-
-    fn on_heartbeat(&mut self) {
-        self.effects.push_back(Effect::Event(SessionEvent::Heartbeat));
-        if self.echo_heartbeats {
-            self.tx.put_u8(HEARTBEAT_BYTE);
-        }
-    }
-
-    /// Decrypts with the connection's cipher (RSA before the handshake) and inflates, as
-    /// `BaseMessage.decodeBody` does.
-    fn open(&self, frame: &Frame) -> Result<Bytes, DecodeError> {
-        let max = self.cfg.limits.max_inflated;
-        match &self.cipher {
-            Some(aes) => open_body(frame, Some(aes), max),
-            None if frame.flags.contains(Flags::CRYPTO) && !frame.body.is_empty() => {
-                let plain = self.cfg.rsa.decrypt(&frame.body)?;
-                finish_open(frame.flags, Bytes::from(plain), max)
-            }
-            None => open_body(frame, None, max),
-        }
-    }
-
-    fn on_handshake<R: RngCore + CryptoRng>(&mut self, wall_ms: i64, rng: &mut R, frame: &Frame) {
-        let body = match self.open(frame) {
-            Ok(body) => body,
-            Err(_) => return self.garbled(frame),
-        };
-        // An empty body leaves every Java field null: "Param invalid", like a bad key size.
-        let hs = if body.is_empty() {
-            None
-        } else {
-            match Handshake::decode_body(body) {
-                Ok(hs) => Some(hs),
-                Err(DecodeError::WrongFieldSize { .. }) => None,
-                Err(_) => return self.garbled(frame),
-            }
-        };
-        let Some(hs) = hs.filter(|hs| !hs.device_id.is_empty()) else {
-            return self.error(frame, ErrorCode(0), Some("Param invalid"), Some(CloseReason::ParamInvalid));
-        };
-        if self.device_id() == Some(hs.device_id.as_str()) {
-            return self.error(frame, ErrorCode::REPEAT_HANDSHAKE, None, None);
-        }
-        let mut server_key = [0u8; 16];
-        rng.fill_bytes(&mut server_key);
-        let id_prefix = if self.cfg.sessionid_quirk {
-            // genSession runs before the context learns the new deviceId.
-            self.device_id().unwrap_or("null").to_owned()
-        } else {
-            hs.device_id.clone()
-        };
-        let session_id = session_id_md5_hex(&format!("{id_prefix}{wall_ms}"));
-        let ttl_secs = self.cfg.session_expire_secs;
-        let expire_time = wall_ms.saturating_add(i64::from(ttl_secs) * 1000);
-        let heartbeat = self.cfg.heartbeat_for(hs.max_heartbeat);
-        let ok = HandshakeOk { server_key, heartbeat, session_id: session_id.clone(), expire_time };
-        let client_cipher = AesCipher::new(hs.client_key, hs.iv);
-        self.encoder.write(&mut self.tx, &ok, frame.msg_id, Flags::NONE, Some(&client_cipher));
-        let session_cipher = AesCipher::new(mix_keys(&hs.client_key, &server_key), hs.iv);
-        self.cipher = Some(session_cipher.clone());
-        let user_id = self.ctx.take().and_then(|c| c.user_id);
-        let Handshake { device_id, os_name, os_version, client_version, .. } = hs;
-        let session = ReusableSession {
-            os_name: os_name.clone(),
-            os_version: os_version.clone(),
-            client_version: client_version.clone(),
-            device_id: device_id.clone(),
-            cipher: session_cipher,
-        };
-        self.ctx =
-            Some(Box::new(Context { device_id, os_name, os_version, client_version, user_id }));
-        self.set_heartbeat(heartbeat);
-        self.effects.push_back(Effect::StoreSession { session_id, session, ttl_secs });
-        self.effects.push_back(Effect::Event(SessionEvent::Handshake));
-    }
-
-    fn on_fast_connect(&mut self, frame: &Frame) {
-        let fc = match self.open(frame) {
-            Ok(body) if body.is_empty() => None,
-            Ok(body) => match FastConnect::decode_body(body) {
-                Ok(fc) => Some(fc),
-                Err(_) => return self.garbled(frame),
-            },
-            Err(_) => return self.garbled(frame),
-        };
-        // Java with an empty body looks up "mp:rs:null" and finds nothing: ERROR 103.
-        let (session_id, device_id, max_heartbeat) = match fc {
-            Some(fc) => (fc.session_id, fc.device_id, fc.max_heartbeat),
-            None => ("null".to_owned(), String::new(), 0),
-        };
-        self.pending =
-            Some(Box::new(PendingFastConnect { msg_id: frame.msg_id, device_id, max_heartbeat }));
-        self.effects.push_back(Effect::LoadSession { session_id });
-    }
-
-    fn on_bind(&mut self, frame: &Frame, unbind: bool) {
-        let binding = match self.open(frame) {
-            Ok(body) if body.is_empty() => UserBinding::default(),
-            Ok(body) => {
-                let decoded = if unbind {
-                    Unbind::decode_body(body).map(|u| u.0)
-                } else {
-                    Bind::decode_body(body).map(|b| b.0)
-                };
-                match decoded {
-                    Ok(b) => b,
-                    Err(_) => return self.garbled(frame),
-                }
-            }
-            Err(_) => return self.garbled(frame),
-        };
-        if binding.user_id.is_empty() {
-            let reason = Some("invalid param");
-            return self.error(frame, ErrorCode(0), reason, Some(CloseReason::InvalidBindParam));
-        }
-        let Some(ctx) = self.ctx.as_deref() else {
-            let reason = Some("not handshake");
-            return self.error(frame, ErrorCode(0), reason, Some(CloseReason::NotHandshake));
-        };
-        if unbind {
-            return self.unbind(frame);
-        }
-        match ctx.user_id.as_deref() {
-            Some(current) if current == binding.user_id => return self.ok(frame, "bind success"),
-            // BindUserHandler unbinds the old user first, OK and all.
-            Some(_) => self.unbind(frame),
-            None => {}
-        }
-        let client_type = self.client_type();
-        if let Some(ctx) = self.ctx.as_deref_mut() {
-            ctx.user_id = Some(binding.user_id.clone());
-        }
-        self.effects.push_back(Effect::RegisterRoute { user_id: binding.user_id, client_type });
-        self.effects.push_back(Effect::Event(SessionEvent::Bind));
-        self.ok(frame, "bind success");
-    }
-
-    fn unbind(&mut self, frame: &Frame) {
-        let client_type = self.client_type();
-        if let Some(user_id) = self.ctx.as_deref_mut().and_then(|c| c.user_id.take()) {
-            self.effects.push_back(Effect::UnregisterRoute { user_id, client_type });
-        }
-        self.effects.push_back(Effect::Event(SessionEvent::Unbind));
-        self.ok(frame, "unbind success");
-    }
-
-    fn on_client_push(&mut self, frame: &Frame) {
-        if self.open(frame).is_err() {
-            return self.garbled(frame);
-        }
-        self.effects.push_back(Effect::Event(SessionEvent::ClientPush));
-        if frame.flags.contains(Flags::AUTO_ACK) {
-            self.encoder.write_raw(&mut self.tx, &Ack, frame.msg_id, Flags::NONE);
-        }
-    }
-
-    fn on_http_proxy(&mut self, frame: &Frame) {
-        let req = match self.open(frame) {
-            Ok(body) if body.is_empty() => None,
-            Ok(body) => match HttpRequest::decode_body(body) {
-                Ok(req) => Some(req),
-                Err(_) => return self.garbled(frame),
-            },
-            Err(_) => return self.garbled(frame),
-        };
-        let (status_code, reason) = match req {
-            Some(req) if !req.uri.is_empty() => (502, "Bad Gateway"),
-            _ => (400, "Bad Request"),
-        };
-        let resp = HttpResponse {
-            status_code,
-            reason_phrase: reason.to_owned(),
-            headers: String::new(),
-            body: Bytes::new(),
-        };
-        self.encoder.write_raw(&mut self.tx, &resp, frame.msg_id, Flags::NONE);
-        self.effects.push_back(Effect::Event(SessionEvent::HttpProxy));
-    }
-
-    // ----- helpers -----
-
-    fn client_type(&self) -> ClientType {
-        ClientType::from_os_name(self.ctx.as_deref().map_or("", |c| c.os_name.as_str()))
-    }
-
-    fn set_heartbeat(&mut self, heartbeat: i32) {
-        // A non-positive heartbeat (a misconfigured server) would spin the idle check.
-        self.heartbeat_ms = u32::try_from(heartbeat).unwrap_or(1).max(1);
-    }
-
-    fn ok(&mut self, frame: &Frame, data: &str) {
-        let ok = OkReply { cmd: frame.cmd, code: 0, data: data.to_owned() };
-        self.encoder.write_raw(&mut self.tx, &ok, frame.msg_id, Flags::NONE);
-    }
-
-    /// A body that cannot be opened or decoded: the handler throws, `MessageDispatcher`
-    /// answers ERROR 100 (DISPATCH_ERROR) and closes.
-    fn garbled(&mut self, frame: &Frame) {
-        self.error(frame, ErrorCode::DISPATCH_ERROR, None, Some(CloseReason::Garbled));
-    }
-
-    fn error(&mut self, frame: &Frame, code: ErrorCode, reason: Option<&str>, close: Option<CloseReason>) {
-        self.error_to((frame.cmd, frame.msg_id), code, reason, close);
-    }
-
-    /// ERROR, always raw (`ErrorMessage.send` is `sendRaw`); the reason defaults to the Java
-    /// `ErrorCode.errorMsg`.
-    fn error_to(
-        &mut self,
-        (cmd, msg_id): (u8, MsgId),
-        code: ErrorCode,
-        reason: Option<&str>,
-        close: Option<CloseReason>,
-    ) {
-        let reason = reason.unwrap_or_else(|| error_message(code)).to_owned();
-        let err = ErrorReply { cmd, code, reason, data: String::new() };
-        self.encoder.write_raw(&mut self.tx, &err, msg_id, Flags::NONE);
-        self.effects.push_back(Effect::Event(SessionEvent::ErrorSent(code)));
-        if let Some(reason) = close {
-            self.close(reason);
-        }
+    fn event(&mut self, ev: SessionEvent) {
+        self.effects.push_back(Effect::Event(ev));
     }
 
     fn close(&mut self, reason: CloseReason) {
@@ -719,21 +365,8 @@ impl ServerSession {
     }
 }
 
-/// Java `ErrorCode.errorMsg`.
-pub fn error_message(code: ErrorCode) -> &'static str {
-    match code.0 {
-        1 => "user offline",
-        2 => "push to client failure",
-        3 => "router change",
-        4 => "ack timeout",
-        100 => "handle message error",
-        101 => "unsupported command",
-        102 => "repeat handshake",
-        103 => "session expired",
-        104 => "invalid device",
-        _ => "unknown",
-    }
-}
+mod handlers;
+mod types;
 
 #[cfg(test)]
 mod tests;

@@ -48,8 +48,15 @@ impl AckMode {
 /// A command for one connection's task.
 #[derive(Debug)]
 pub(crate) enum ConnCmd {
-    Push { msg_id: MsgId, content: Bytes, flags: Flags },
-    Kick { msg_id: MsgId, user_id: String },
+    Push {
+        msg_id: MsgId,
+        content: Bytes,
+        flags: Flags,
+    },
+    Kick {
+        msg_id: MsgId,
+        user_id: String,
+    },
     Garbage,
     Close(CloseReason),
 }
@@ -161,6 +168,14 @@ pub(crate) struct Shared {
     faults: Faults,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single map operation: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -230,7 +245,9 @@ impl Shared {
     }
 
     pub(crate) fn count_close(&self, reason: CloseReason) {
-        *lock(&self.counters.closes_by_reason).entry(reason.name()).or_default() += 1;
+        *lock(&self.counters.closes_by_reason)
+            .entry(reason.name())
+            .or_default() += 1;
     }
 
     pub(crate) fn peers(&self) -> Vec<SocketAddr> {
@@ -241,11 +258,16 @@ impl Shared {
 
     /// Sends `make()` to every connection; returns how many took it.
     pub(crate) fn broadcast(&self, make: impl Fn() -> ConnCmd) -> usize {
-        lock(&self.conns).values().filter(|e| e.tx.send(make()).is_ok()).count()
+        lock(&self.conns)
+            .values()
+            .filter(|e| e.tx.send(make()).is_ok())
+            .count()
     }
 
     fn send_to(&self, id: ConnId, cmd: ConnCmd) -> bool {
-        lock(&self.conns).get(&id).is_some_and(|e| e.tx.send(cmd).is_ok())
+        lock(&self.conns)
+            .get(&id)
+            .is_some_and(|e| e.tx.send(cmd).is_ok())
     }
 
     // ----- routes -----
@@ -290,10 +312,19 @@ impl Shared {
         let mut ids = Vec::new();
         for (user, conn) in self.targets(user_id) {
             let msg_id = self.next_msg_id();
-            let record =
-                PushRecord { msg_id: msg_id.0, user_id: user, conn, ack, acked: false };
+            let record = PushRecord {
+                msg_id: msg_id.0,
+                user_id: user,
+                conn,
+                ack,
+                acked: false,
+            };
             self.log_push(record);
-            let cmd = ConnCmd::Push { msg_id, content: content.clone(), flags: ack.flags() };
+            let cmd = ConnCmd::Push {
+                msg_id,
+                content: content.clone(),
+                flags: ack.flags(),
+            };
             if self.send_to(conn, cmd) {
                 ids.push(msg_id.0);
             } else {
@@ -316,7 +347,13 @@ impl Shared {
         let mut n = 0;
         for (user, conn) in self.targets(Some(user_id)) {
             let msg_id = self.next_msg_id();
-            if self.send_to(conn, ConnCmd::Kick { msg_id, user_id: user }) {
+            if self.send_to(
+                conn,
+                ConnCmd::Kick {
+                    msg_id,
+                    user_id: user,
+                },
+            ) {
                 self.counters.kicks.fetch_add(1, Relaxed);
                 n += 1;
             }

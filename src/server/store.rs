@@ -67,7 +67,11 @@ impl MemoryStore {
     /// Live sessions (expired ones not yet swept are not counted).
     pub fn len(&self) -> usize {
         let now = Instant::now();
-        self.lock().map.values().filter(|(_, deadline)| *deadline > now).count()
+        self.lock()
+            .map
+            .values()
+            .filter(|(_, deadline)| *deadline > now)
+            .count()
     }
 
     /// Whether no live session is stored.
@@ -150,7 +154,9 @@ mod tests {
     }
 
     fn block<T>(f: StoreFuture<'_, T>) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(f).unwrap()
     }
 

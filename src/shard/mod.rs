@@ -8,7 +8,7 @@
 //! control plane is reached only by crossbeam messages.
 //!
 //! Must not touch: protocol decisions. Matching on a command here would mean the code is
-//! misplaced; the shard moves bytes, time and effects between sockets and [`Device`]s.
+//! misplaced; the shard moves bytes, time and effects between sockets and [`Device`](crate::device::Device)s.
 
 mod net;
 mod turn;
@@ -49,6 +49,10 @@ pub struct ShardConfig {
     pub seed: Option<u64>,
     /// Submission-queue entries of the ring.
     pub ring_entries: u32,
+    /// Where received pushes go; `None` means the application takes each at once.
+    pub sink: Option<crate::sink::SinkSender>,
+    /// How long a graceful stop may wait for the sink to take what was received.
+    pub drain_timeout: Duration,
 }
 
 /// What the control plane tells a shard.
@@ -91,24 +95,29 @@ pub fn spawn(
     commands: Receiver<Command>,
     reports: Sender<Report>,
 ) -> std::io::Result<JoinHandle<ShardExit>> {
-    std::thread::Builder::new().name(format!("shard-{}", cfg.id)).spawn(move || {
-        if let Some(core) = cfg.core {
-            if !core_affinity::set_for_current(core) {
-                tracing::warn!(shard = cfg.id, "could not pin to core {}", core.id);
+    std::thread::Builder::new()
+        .name(format!("shard-{}", cfg.id))
+        .spawn(move || {
+            if let Some(core) = cfg.core {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(shard = cfg.id, "could not pin to core {}", core.id);
+                }
             }
-        }
-        let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {
-            Ok(rt) => rt,
-            Err(e) => {
-                return ShardExit {
-                    stats: ShardStats::default(),
-                    store,
-                    error: Some(format!("io_uring is unavailable here ({e}); the fleet needs it")),
+            let runtime =
+                match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        return ShardExit {
+                            stats: ShardStats::default(),
+                            store,
+                            error: Some(format!(
+                                "io_uring is unavailable here ({e}); the fleet needs it"
+                            )),
+                        };
+                    }
                 };
-            }
-        };
-        runtime.block_on(turn::run(cfg, store, commands, reports))
-    })
+            runtime.block_on(turn::run(cfg, store, commands, reports))
+        })
 }
 
 /// Whether this machine lets a process set up an io_uring instance.

@@ -26,13 +26,56 @@ use tokio_uring::net::TcpStream;
 /// the slot: a report for an older connection is stale and dropped.
 #[derive(Debug)]
 pub(crate) enum NetEvent {
-    Connected { slot: u32, gen: u32, stream: std::net::TcpStream },
-    ConnectFailed { slot: u32, gen: u32 },
-    Data { slot: u32, gen: u32, buf: BytesMut },
-    Closed { slot: u32, gen: u32 },
-    WriteDone { slot: u32, gen: u32, ok: bool },
+    Connected {
+        slot: u32,
+        gen: u32,
+        stream: std::net::TcpStream,
+    },
+    ConnectFailed {
+        slot: u32,
+        gen: u32,
+    },
+    Data {
+        slot: u32,
+        gen: u32,
+        buf: BytesMut,
+    },
+    Closed {
+        slot: u32,
+        gen: u32,
+    },
+    WriteDone {
+        slot: u32,
+        gen: u32,
+        ok: bool,
+    },
     /// The ticket store has answers.
     TicketsReady,
+    /// The push sink took a record (`ack`: the push waits for this to be acked).
+    SinkTook {
+        slot: u32,
+        gen: u32,
+        msg_id: i32,
+        ack: bool,
+        received_us: u64,
+    },
+}
+
+/// What a socket's reader shares with the shard loop.
+#[derive(Debug)]
+pub(crate) struct ReadShared {
+    /// The size of the next read: small while idle, the frame's size while one arrives.
+    pub(crate) size: Cell<u32>,
+    /// Backpressure: the sink is full and this connection's pushes wait, so do not read.
+    pub(crate) paused: Cell<bool>,
+}
+
+/// The shard-wide read gate: closed while the shard drains for a graceful stop ("stop
+/// reading new pushes"); its `Notify` also wakes readers whose pause was lifted.
+#[derive(Debug, Default)]
+pub(crate) struct ReadGate {
+    pub(crate) closed: Cell<bool>,
+    pub(crate) reopened: tokio::sync::Notify,
 }
 
 pub(crate) type Events = UnboundedSender<NetEvent>;
@@ -95,17 +138,25 @@ fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> io::Result<()> {
 }
 
 /// The one read of a socket, for the socket's life. Each read gets a fresh buffer of the size
-/// the shard asks for through `size` (small while idle, the frame's size while a big frame is
-/// arriving), so an idle session holds one small buffer.
+/// the shard asks for (small while idle, the frame's size while a big frame is arriving), so
+/// an idle session holds one small buffer. Before each read it waits while the connection is
+/// paused (backpressure) or the shard's gate is closed (draining): a read never in flight
+/// cannot deliver pushes the shard has no room for.
 pub(crate) async fn read_loop(
     slot: u32,
     gen: u32,
     stream: Rc<TcpStream>,
-    size: Rc<Cell<u32>>,
+    shared: Rc<ReadShared>,
+    gate: Rc<ReadGate>,
     events: Events,
 ) {
     loop {
-        let buf = BytesMut::with_capacity(size.get() as usize);
+        while shared.paused.get() || gate.closed.get() {
+            // Single-threaded: nothing runs between the check and the first poll of
+            // `notified`, so a wake-up cannot be missed.
+            gate.reopened.notified().await;
+        }
+        let buf = BytesMut::with_capacity(shared.size.get() as usize);
         let (res, buf) = stream.read(buf).await;
         let event = match res {
             Ok(n) if n > 0 => NetEvent::Data { slot, gen, buf },
@@ -127,5 +178,9 @@ pub(crate) async fn write_all(
     events: Events,
 ) {
     let (res, _) = stream.write_all(buf).await;
-    let _ = events.send(NetEvent::WriteDone { slot, gen, ok: res.is_ok() });
+    let _ = events.send(NetEvent::WriteDone {
+        slot,
+        gen,
+        ok: res.is_ok(),
+    });
 }

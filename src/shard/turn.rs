@@ -1,6 +1,7 @@
 //! The shard loop: sockets and timers in, device calls, batched AES, writes out.
 
 use std::cell::Cell;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,14 +13,15 @@ use rand::SeedableRng;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_uring::net::TcpStream;
 
-use super::net::{self, Events, NetEvent};
+use super::net::{self, Events, NetEvent, ReadGate, ReadShared};
 use super::wheel::Wheel;
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::crypto::{AesBatch, JobId};
 use crate::device::output::assemble;
 use crate::device::{Ctx, Device, Effect, Event, Opened, Output, Seal, Tick};
-use crate::proto::{Frame, FrameDecoder, Unit};
-use crate::stats::ShardStats;
+use crate::proto::{Frame, FrameDecoder, MsgId, Unit};
+use crate::sink::SinkRecord;
+use crate::stats::{Latency, ShardStats};
 use crate::tickets::{Loaded, TicketStore};
 
 /// Read size of an idle connection: a heartbeat echo, an ack, a small push.
@@ -34,8 +36,8 @@ struct Conn {
     stream: Rc<TcpStream>,
     /// Bytes of a frame still arriving; empty (no allocation) between frames.
     rx: BytesMut,
-    /// The size of the next read; shared with the reader task.
-    read_size: Rc<Cell<u32>>,
+    /// Read size and pause flag, shared with the reader task.
+    read: Rc<ReadShared>,
     /// Bytes waiting for the write in flight.
     tx_waiting: BytesMut,
     writing: bool,
@@ -89,7 +91,26 @@ struct Shard {
     started: usize,
     next_server: usize,
     next_source: usize,
-    stopping: bool,
+    stopping: Stopping,
+    /// Closed while draining; wakes paused readers.
+    gate: Rc<ReadGate>,
+    /// Pushes the sink had no room for, in arrival order; their connections do not read.
+    backlog: VecDeque<(u32, SinkRecord)>,
+    /// Slots whose reader is paused for the backlog.
+    paused: Vec<u32>,
+    /// Records handed to the sink whose `on_taken` has not come back.
+    awaiting_sink: u64,
+    /// Writes in flight (their completions still to come).
+    writes_in_flight: u32,
+}
+
+/// A graceful stop, in order: stop starting devices and reading new pushes, let the sink take
+/// what was received and send the acks it earned, then close every session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    No,
+    Draining { until: Instant },
+    Closing { until: Instant },
 }
 
 pub(super) async fn run(
@@ -110,7 +131,12 @@ pub(super) async fn run(
     let slots = cfg
         .devices
         .clone()
-        .map(|index| Slot { device: Device::new(index), conn: None, gen: 0, armed: Tick::NEVER })
+        .map(|index| Slot {
+            device: Device::new(index),
+            conn: None,
+            gen: 0,
+            armed: Tick::NEVER,
+        })
         .collect();
     let mut shard = Shard {
         out: Output::new(cfg.device.limits.compress_threshold),
@@ -133,10 +159,19 @@ pub(super) async fn run(
         started: 0,
         next_server: 0,
         next_source: 0,
-        stopping: false,
+        stopping: Stopping::No,
+        gate: Rc::new(ReadGate::default()),
+        backlog: VecDeque::new(),
+        paused: Vec::new(),
+        awaiting_sink: 0,
+        writes_in_flight: 0,
     };
     shard.main_loop(&mut inbox, &commands, &reports).await;
-    ShardExit { stats: shard.stats, store: shard.store, error: None }
+    ShardExit {
+        stats: shard.stats,
+        store: shard.store,
+        error: None,
+    }
 }
 
 impl Shard {
@@ -155,7 +190,7 @@ impl Shard {
                     Command::Stop => self.stop(),
                 }
             }
-            if self.stopping && self.drained() {
+            if self.advance_stop() {
                 self.report(reports);
                 return;
             }
@@ -166,6 +201,7 @@ impl Shard {
             self.fire_timers();
             self.ramp();
             self.take_tickets();
+            self.drain_backlog();
             self.open_arrived();
             self.flush_outgoing();
             self.store.flush();
@@ -206,12 +242,16 @@ impl Shard {
         if let Some(at) = self.next_start() {
             wake = wake.min(at);
         }
+        if !self.backlog.is_empty() {
+            // The sink gives no signal when it has room again: look again soon.
+            wake = wake.min(Instant::now() + Duration::from_millis(2));
+        }
         wake
     }
 
     /// When the ramp starts its next device, if it has devices left.
     fn next_start(&self) -> Option<Instant> {
-        if self.stopping || self.started >= self.slots.len() {
+        if self.stopping != Stopping::No || self.started >= self.slots.len() {
             return None;
         }
         if self.cfg.rate_per_sec <= 0.0 {
@@ -222,7 +262,7 @@ impl Shard {
     }
 
     fn ramp(&mut self) {
-        if self.stopping {
+        if self.stopping != Stopping::No {
             return;
         }
         let due = if self.cfg.rate_per_sec <= 0.0 {
@@ -281,7 +321,13 @@ impl Shard {
         if !self.out.nothing_to_send() {
             let raw = self.out.tx.split().freeze();
             let seals = std::mem::take(&mut self.out.seals);
-            self.outgoing.push(Outgoing { slot, gen: s.gen, raw, seals, jobs: Vec::new() });
+            self.outgoing.push(Outgoing {
+                slot,
+                gen: s.gen,
+                raw,
+                seals,
+                jobs: Vec::new(),
+            });
         }
         let mut effects = std::mem::take(&mut self.out.effects);
         for effect in effects.drain(..) {
@@ -311,12 +357,89 @@ impl Shard {
                 self.drop_conn(slot);
             }
             Effect::Deliver(d) => {
-                // No sink configured: the application takes the push at once.
-                if d.ack_on_take {
-                    let id = d.msg_id;
-                    self.call(slot, |dev, ctx| dev.handle_event(ctx, Event::SinkTook(id)));
+                let Some(sink) = self.cfg.sink.clone() else {
+                    // No sink: the application takes the push at once.
+                    if d.ack_on_take {
+                        let id = d.msg_id;
+                        self.call(slot, |dev, ctx| dev.handle_event(ctx, Event::SinkTook(id)));
+                    }
+                    return;
+                };
+                let gen = self.slots[slot as usize].gen;
+                let (msg_id, ack, received_us) = (d.msg_id.0, d.ack_on_take, self.now_us);
+                let events = self.events.clone();
+                let record = SinkRecord {
+                    device_id: self.cfg.device.device_id.render(index.into()),
+                    user_id: self.cfg.device.user_id.render(index.into()),
+                    msg_id,
+                    flags: d.flags.0,
+                    content: d.content,
+                    received_at_ms: self.wall_ms,
+                    on_taken: Some(Box::new(move || {
+                        let _ = events.send(NetEvent::SinkTook {
+                            slot,
+                            gen,
+                            msg_id,
+                            ack,
+                            received_us,
+                        });
+                    })),
+                };
+                self.awaiting_sink += 1;
+                // Keep arrival order: nothing overtakes the backlog.
+                let record = if self.backlog.is_empty() {
+                    sink.try_send(record).err()
+                } else {
+                    Some(record)
+                };
+                if let Some(record) = record {
+                    self.hold(slot, record);
                 }
             }
+        }
+    }
+
+    /// Keeps a push the sink had no room for and stops reading its connection until the
+    /// backlog has drained: a slow sink slows the affected connections, never drops a push,
+    /// and never lets a buffer grow without bound.
+    fn hold(&mut self, slot: u32, record: SinkRecord) {
+        self.backlog.push_back((slot, record));
+        let s = &self.slots[slot as usize];
+        if let Some(conn) = &s.conn {
+            if !conn.read.paused.replace(true) {
+                self.paused.push(slot);
+            }
+        }
+    }
+
+    fn drain_backlog(&mut self) {
+        let Some(sink) = self.cfg.sink.clone() else {
+            return;
+        };
+        while let Some((slot, record)) = self.backlog.pop_front() {
+            if let Err(record) = sink.try_send(record) {
+                self.backlog.push_front((slot, record));
+                break;
+            }
+        }
+        if self.paused.is_empty() {
+            return;
+        }
+        let waiting: HashSet<u32> = self.backlog.iter().map(|(slot, _)| *slot).collect();
+        let mut resumed = false;
+        let slots = &self.slots;
+        self.paused.retain(|slot| {
+            if waiting.contains(slot) {
+                return true;
+            }
+            if let Some(conn) = &slots[*slot as usize].conn {
+                conn.read.paused.set(false);
+            }
+            resumed = true;
+            false
+        });
+        if resumed {
+            self.gate.reopened.notify_waiters();
         }
     }
 
@@ -331,7 +454,14 @@ impl Shard {
             src
         });
         let timeout = Duration::from_millis(u64::from(self.cfg.device.connect_timeout_ms));
-        tokio_uring::spawn(net::connect(slot, s.gen, src, dst, timeout, self.events.clone()));
+        tokio_uring::spawn(net::connect(
+            slot,
+            s.gen,
+            src,
+            dst,
+            timeout,
+            self.events.clone(),
+        ));
     }
 
     /// Ends the slot's connection: `shutdown` completes its read, whose task then ends and
@@ -347,24 +477,45 @@ impl Shard {
     fn on_net(&mut self, ev: NetEvent) {
         match ev {
             NetEvent::TicketsReady => {}
+            NetEvent::SinkTook {
+                slot,
+                gen,
+                msg_id,
+                ack,
+                received_us,
+            } => {
+                self.awaiting_sink = self.awaiting_sink.saturating_sub(1);
+                let took = self.now_us.saturating_sub(received_us);
+                self.stats.latencies.record(Latency::PushToSink, took);
+                // An ack belongs to the connection the push came on; after a reconnect the
+                // server redelivers instead.
+                if ack && self.slots[slot as usize].gen == gen {
+                    let id = MsgId(msg_id);
+                    self.call(slot, |d, ctx| d.handle_event(ctx, Event::SinkTook(id)));
+                }
+            }
             NetEvent::Connected { slot, gen, stream } => {
                 let s = &mut self.slots[slot as usize];
-                if s.gen != gen || self.stopping {
+                if s.gen != gen || matches!(self.stopping, Stopping::Closing { .. }) {
                     return; // abandoned; dropping the stream closes it
                 }
                 let stream = Rc::new(TcpStream::from_std(stream));
-                let read_size = Rc::new(Cell::new(IDLE_READ));
+                let read = Rc::new(ReadShared {
+                    size: Cell::new(IDLE_READ),
+                    paused: Cell::new(false),
+                });
                 tokio_uring::spawn(net::read_loop(
                     slot,
                     gen,
                     stream.clone(),
-                    read_size.clone(),
+                    read.clone(),
+                    self.gate.clone(),
                     self.events.clone(),
                 ));
                 s.conn = Some(Conn {
                     stream,
                     rx: BytesMut::new(),
-                    read_size,
+                    read,
                     tx_waiting: BytesMut::new(),
                     writing: false,
                 });
@@ -388,7 +539,9 @@ impl Shard {
 
     fn on_data(&mut self, slot: u32, gen: u32, buf: BytesMut) {
         let s = &mut self.slots[slot as usize];
-        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else { return };
+        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else {
+            return;
+        };
         if conn.rx.is_empty() {
             conn.rx = buf;
         } else {
@@ -400,7 +553,12 @@ impl Shard {
             match self.decoder.decode(&mut conn.rx) {
                 Ok(Some(Unit::Heartbeat)) => heartbeats += 1,
                 Ok(Some(Unit::Frame(frame))) => {
-                    self.arrived.push(Arrived { slot, gen, frame, job: None });
+                    self.arrived.push(Arrived {
+                        slot,
+                        gen,
+                        frame,
+                        job: None,
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -413,7 +571,7 @@ impl Shard {
         // frames so an idle session holds only its reader's small buffer.
         let needed = self.decoder.bytes_needed(&conn.rx).unwrap_or(0);
         let want = needed.saturating_sub(conn.rx.len()).max(IDLE_READ as usize);
-        conn.read_size.set(u32::try_from(want).unwrap_or(u32::MAX));
+        conn.read.size.set(u32::try_from(want).unwrap_or(u32::MAX));
         if conn.rx.is_empty() {
             conn.rx = BytesMut::new();
         }
@@ -434,7 +592,10 @@ impl Shard {
         self.batch.clear();
         for a in &mut self.arrived {
             let s = &self.slots[a.slot as usize];
-            if s.gen != a.gen || a.frame.body.is_empty() || !a.frame.flags.contains(crate::proto::Flags::CRYPTO) {
+            if s.gen != a.gen
+                || a.frame.body.is_empty()
+                || !a.frame.flags.contains(crate::proto::Flags::CRYPTO)
+            {
                 continue;
             }
             if let Some((cipher, generation)) = s.device.cipher_for_open() {
@@ -463,28 +624,46 @@ impl Shard {
         self.batch.clear();
         for o in &mut self.outgoing {
             for seal in &o.seals {
-                o.jobs.push(self.batch.push_encrypt(&seal.cipher, &seal.plain));
+                o.jobs
+                    .push(self.batch.push_encrypt(&seal.cipher, &seal.plain));
             }
         }
         self.batch.run();
         let outgoing = std::mem::take(&mut self.outgoing);
         for o in outgoing {
             let s = &mut self.slots[o.slot as usize];
-            let Some(conn) = s.conn.as_mut().filter(|_| s.gen == o.gen) else { continue };
+            let Some(conn) = s.conn.as_mut().filter(|_| s.gen == o.gen) else {
+                continue;
+            };
             let batch = &self.batch;
             // Encryption cannot fail; an empty slice would only mean a lost job id.
-            assemble(&o.raw, &o.seals, |i| batch.output(o.jobs[i]).unwrap_or(&[]), &mut conn.tx_waiting);
+            assemble(
+                &o.raw,
+                &o.seals,
+                |i| batch.output(o.jobs[i]).unwrap_or(&[]),
+                &mut conn.tx_waiting,
+            );
             if !conn.writing {
                 let buf = conn.tx_waiting.split();
                 conn.writing = true;
-                tokio_uring::spawn(net::write_all(o.slot, o.gen, conn.stream.clone(), buf, self.events.clone()));
+                self.writes_in_flight += 1;
+                tokio_uring::spawn(net::write_all(
+                    o.slot,
+                    o.gen,
+                    conn.stream.clone(),
+                    buf,
+                    self.events.clone(),
+                ));
             }
         }
     }
 
     fn on_write_done(&mut self, slot: u32, gen: u32, ok: bool) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         let s = &mut self.slots[slot as usize];
-        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else { return };
+        let Some(conn) = s.conn.as_mut().filter(|_| s.gen == gen) else {
+            return;
+        };
         conn.writing = false;
         if !ok {
             self.drop_conn(slot);
@@ -494,29 +673,68 @@ impl Shard {
         if !conn.tx_waiting.is_empty() {
             let buf = conn.tx_waiting.split();
             conn.writing = true;
-            tokio_uring::spawn(net::write_all(slot, gen, conn.stream.clone(), buf, self.events.clone()));
+            self.writes_in_flight += 1;
+            tokio_uring::spawn(net::write_all(
+                slot,
+                gen,
+                conn.stream.clone(),
+                buf,
+                self.events.clone(),
+            ));
         } else {
             // Release the write buffer between writes.
             conn.tx_waiting = BytesMut::new();
         }
     }
 
+    /// Begins a graceful stop: no more starts, no more reads; what was received drains.
     fn stop(&mut self) {
-        if self.stopping {
-            return;
-        }
-        self.stopping = true;
-        for slot in 0..self.slots.len() as u32 {
-            self.call(slot, |d, ctx| d.handle_event(ctx, Event::Stop));
+        if self.stopping == Stopping::No {
+            self.gate.closed.set(true);
+            self.stopping = Stopping::Draining {
+                until: Instant::now() + self.cfg.drain_timeout,
+            };
         }
     }
 
-    /// Whether a stopping shard has nothing left in flight that it must finish.
-    fn drained(&self) -> bool {
-        !self.store.pending()
+    /// Moves a graceful stop along; true once the shard may end.
+    fn advance_stop(&mut self) -> bool {
+        match self.stopping {
+            Stopping::No => false,
+            Stopping::Draining { until } => {
+                // Acks the sink earned must be on the wire before the sockets close.
+                let drained = self.backlog.is_empty()
+                    && self.awaiting_sink == 0
+                    && self.outgoing.is_empty()
+                    && self.writes_in_flight == 0;
+                if drained || Instant::now() >= until {
+                    if !drained {
+                        tracing::warn!(
+                            shard = self.cfg.id,
+                            held = self.backlog.len(),
+                            awaiting = self.awaiting_sink,
+                            "drain timed out; pushes not taken by the sink stay unacked"
+                        );
+                    }
+                    for slot in 0..self.slots.len() as u32 {
+                        self.call(slot, |d, ctx| d.handle_event(ctx, Event::Stop));
+                    }
+                    self.stopping = Stopping::Closing {
+                        until: Instant::now() + Duration::from_secs(5),
+                    };
+                }
+                false
+            }
+            Stopping::Closing { until } => {
+                (self.writes_in_flight == 0 && !self.store.pending()) || Instant::now() >= until
+            }
+        }
     }
 
     fn report(&mut self, reports: &Sender<Report>) {
-        let _ = reports.send(Report::Stats { shard: self.cfg.id, stats: Box::new(self.stats.clone()) });
+        let _ = reports.send(Report::Stats {
+            shard: self.cfg.id,
+            stats: Box::new(self.stats.clone()),
+        });
     }
 }

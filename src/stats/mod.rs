@@ -4,6 +4,8 @@
 //! on the hot path. The control plane receives snapshots over a channel and merges them.
 //! Must not touch: sockets, device state.
 
+pub mod prometheus;
+
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;

@@ -1,10 +1,16 @@
 //! Tickets and reusable sessions as they live in Redis (PROTOCOL.md 7).
 //!
-//! - [`format`](mod@format): the Java-compatible values of `mp:fcd:<deviceId>` (the client's fast-connect
-//!   ticket) and `mp:rs:<sessionId>` (the server's reusable session), byte for byte.
+//! - [`format`](mod@format): the Java-compatible values of `mp:fcd:<deviceId>` (the client's
+//!   fast-connect ticket) and `mp:rs:<sessionId>` (the server's reusable session), byte for
+//!   byte.
+//! - [`store`]: the shard's non-blocking [`TicketStore`] and the in-memory [`MemoryTickets`].
+//! - [`redis`](mod@redis): [`RedisTickets`] (tickets, pipelined through fred, atomic TTL) and
+//!   [`RedisSessions`] (the reference server's `mp:rs:` sessions).
 #![forbid(unsafe_code)]
 
 pub mod format;
+pub mod redis;
 pub mod store;
 
+pub use redis::{BadRedisUrl, RedisConfig, RedisSessions, RedisTickets};
 pub use store::{Loaded, MemoryTickets, StoreCounters, TicketStore, Wake};

@@ -6,9 +6,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
-use crate::crypto::RsaEncryptor;
-use crate::proto::message::ServerMessage;
-use crate::proto::{encode_frame, FrameDecoder, Unit};
+use crate::crypto::{mix_keys, session_id_md5_hex, RsaEncryptor};
+use crate::proto::message::{
+    Bind, FastConnect, Handshake, HttpRequest, Message, OkReply, ServerMessage, Unbind, UserBinding,
+};
+use crate::proto::{encode_frame, open_body, FrameDecoder, Unit};
+use crate::tickets::format::ReusableSession;
 
 const WALL: i64 = 1_764_115_200_123;
 const KEY: [u8; 16] = [7; 16];
@@ -52,7 +55,12 @@ fn body<M: Message>(msg: &M) -> Bytes {
 }
 
 fn frame(cmd: Cmd, flags: Flags, id: i32, body: Bytes) -> Frame {
-    Frame { cmd: cmd as u8, flags, msg_id: MsgId(id), body }
+    Frame {
+        cmd: cmd as u8,
+        flags,
+        msg_id: MsgId(id),
+        body,
+    }
 }
 
 fn rsa_handshake_frame(hs: &Handshake, id: i32) -> Frame {
@@ -74,7 +82,10 @@ fn sent(s: &mut ServerSession) -> Vec<Unit> {
     let mut out = BytesMut::new();
     let _ = s.poll_transmit(&mut out);
     let mut units = Vec::new();
-    while let Some(u) = FrameDecoder::new(1 << 20).decode(&mut out).expect("server output decodes") {
+    while let Some(u) = FrameDecoder::new(1 << 20)
+        .decode(&mut out)
+        .expect("server output decodes")
+    {
         units.push(u);
     }
     assert!(out.is_empty());
@@ -102,7 +113,10 @@ fn expect_error(s: &mut ServerSession, cmd: Cmd, code: u8, reason: &str) {
     assert_eq!(f.flags, Flags::NONE, "ERROR is always raw");
     match decode(&f, None) {
         ServerMessage::Error(e) => {
-            assert_eq!((e.cmd, e.code.0, e.reason.as_str()), (cmd as u8, code, reason));
+            assert_eq!(
+                (e.cmd, e.code.0, e.reason.as_str()),
+                (cmd as u8, code, reason)
+            );
         }
         other => panic!("expected ERROR, got {other:?}"),
     }
@@ -117,7 +131,12 @@ fn closed_with(effects: &[Effect]) -> Option<CloseReason> {
 
 /// Handshakes `device` and returns the session cipher the client would derive.
 fn online(s: &mut ServerSession, device: &str) -> AesCipher {
-    s.handle_frame(Tick(1), WALL, &mut rng(), rsa_handshake_frame(&handshake(device), 1));
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        rsa_handshake_frame(&handshake(device), 1),
+    );
     let f = one_frame(s);
     assert_eq!(f.msg_id, MsgId(1));
     assert!(f.flags.contains(Flags::CRYPTO));
@@ -131,7 +150,12 @@ fn online(s: &mut ServerSession, device: &str) -> AesCipher {
 #[test]
 fn handshake_with_the_default_key() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    s.handle_frame(Tick(5), WALL, &mut rng(), rsa_handshake_frame(&handshake("dev-1"), 1));
+    s.handle_frame(
+        Tick(5),
+        WALL,
+        &mut rng(),
+        rsa_handshake_frame(&handshake("dev-1"), 1),
+    );
     let f = one_frame(&mut s);
     let ServerMessage::HandshakeOk(ok) = decode(&f, Some(&AesCipher::new(KEY, IV))) else {
         panic!("not HandshakeOk");
@@ -143,21 +167,35 @@ fn handshake_with_the_default_key() {
     assert_eq!(s.device_id(), Some("dev-1"));
     let effs = effects(&mut s);
     let stored = effs.iter().find_map(|e| match e {
-        Effect::StoreSession { session_id, session, ttl_secs } => Some((session_id, session, ttl_secs)),
+        Effect::StoreSession {
+            session_id,
+            session,
+            ttl_secs,
+        } => Some((session_id, session, ttl_secs)),
         _ => None,
     });
     let (id, session, ttl) = stored.expect("session stored");
     assert_eq!((id, *ttl), (&ok.session_id, 86_400));
     assert_eq!(session.device_id, "dev-1");
     assert_eq!(session.os_name, "Android");
-    assert_eq!(session.cipher, AesCipher::new(mix_keys(&KEY, &ok.server_key), IV));
-    assert!(effs.iter().any(|e| matches!(e, Effect::Event(SessionEvent::Handshake))));
+    assert_eq!(
+        session.cipher,
+        AesCipher::new(mix_keys(&KEY, &ok.server_key), IV)
+    );
+    assert!(effs
+        .iter()
+        .any(|e| matches!(e, Effect::Event(SessionEvent::Handshake))));
 }
 
 #[test]
 fn sessionid_quirk_hashes_null() {
     let mut s = ServerSession::new(config(true), Tick(0));
-    s.handle_frame(Tick(5), WALL, &mut rng(), rsa_handshake_frame(&handshake("dev-1"), 1));
+    s.handle_frame(
+        Tick(5),
+        WALL,
+        &mut rng(),
+        rsa_handshake_frame(&handshake("dev-1"), 1),
+    );
     let f = one_frame(&mut s);
     let ServerMessage::HandshakeOk(ok) = decode(&f, Some(&AesCipher::new(KEY, IV))) else {
         panic!("not HandshakeOk");
@@ -168,9 +206,17 @@ fn sessionid_quirk_hashes_null() {
 #[test]
 fn handshake_param_checks() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    s.handle_frame(Tick(1), WALL, &mut rng(), rsa_handshake_frame(&handshake(""), 3));
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        rsa_handshake_frame(&handshake(""), 3),
+    );
     expect_error(&mut s, Cmd::Handshake, 0, "Param invalid");
-    assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::ParamInvalid));
+    assert_eq!(
+        closed_with(&effects(&mut s)),
+        Some(CloseReason::ParamInvalid)
+    );
     assert!(s.is_closed());
 
     // A 15-byte client key: decoded as WrongFieldSize, answered the same way.
@@ -180,7 +226,12 @@ fn handshake_param_checks() {
     b[key_len_at + 1] = 15;
     b.truncate(key_len_at + 2 + 15);
     let ct = RsaEncryptor::mpush_default().encrypt(&mut rng(), &b);
-    s.handle_frame(Tick(1), WALL, &mut rng(), frame(Cmd::Handshake, Flags::CRYPTO, 1, ct.into()));
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        frame(Cmd::Handshake, Flags::CRYPTO, 1, ct.into()),
+    );
     expect_error(&mut s, Cmd::Handshake, 0, "Param invalid");
 }
 
@@ -189,7 +240,12 @@ fn repeated_handshake_is_error_102_without_close() {
     let mut s = ServerSession::new(config(false), Tick(0));
     let cipher = online(&mut s, "dev-1");
     // The client's second handshake goes out with its current cipher, the session key.
-    s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&handshake("dev-1"), 2, &cipher));
+    s.handle_frame(
+        Tick(2),
+        WALL,
+        &mut rng(),
+        aes_frame(&handshake("dev-1"), 2, &cipher),
+    );
     expect_error(&mut s, Cmd::Handshake, 102, "repeat handshake");
     assert_eq!(closed_with(&effects(&mut s)), None);
 }
@@ -197,7 +253,12 @@ fn repeated_handshake_is_error_102_without_close() {
 #[test]
 fn garbled_rsa_body_is_error_100_and_close() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    let f = frame(Cmd::Handshake, Flags::CRYPTO, 1, Bytes::from(vec![0x42; 128]));
+    let f = frame(
+        Cmd::Handshake,
+        Flags::CRYPTO,
+        1,
+        Bytes::from(vec![0x42; 128]),
+    );
     s.handle_frame(Tick(1), WALL, &mut rng(), f);
     expect_error(&mut s, Cmd::Handshake, 100, "handle message error");
     assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::Garbled));
@@ -207,32 +268,60 @@ fn garbled_rsa_body_is_error_100_and_close() {
 fn bind_unbind_and_rebind() {
     let mut s = ServerSession::new(config(false), Tick(0));
     let cipher = online(&mut s, "dev-1");
-    let bind = |u: &str| Bind(UserBinding { user_id: u.into(), ..Default::default() });
-    s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&bind("alice"), 2, &cipher));
+    let bind = |u: &str| {
+        Bind(UserBinding {
+            user_id: u.into(),
+            ..Default::default()
+        })
+    };
+    s.handle_frame(
+        Tick(2),
+        WALL,
+        &mut rng(),
+        aes_frame(&bind("alice"), 2, &cipher),
+    );
     let ok = one_frame(&mut s);
     assert_eq!(ok.msg_id, MsgId(2));
     assert_eq!(
         decode(&ok, None),
-        ServerMessage::Ok(OkReply { cmd: 5, code: 0, data: "bind success".into() })
+        ServerMessage::Ok(OkReply {
+            cmd: 5,
+            code: 0,
+            data: "bind success".into()
+        })
     );
     let effs = effects(&mut s);
-    assert!(effs.iter().any(|e| matches!(e, Effect::RegisterRoute { user_id, client_type }
-        if user_id == "alice" && *client_type == ClientType(1))));
+    assert!(effs.iter().any(
+        |e| matches!(e, Effect::RegisterRoute { user_id, client_type }
+        if user_id == "alice" && *client_type == ClientType(1))
+    ));
     assert_eq!(s.user_id(), Some("alice"));
 
     // Another user on the same connection: unbind first (its own OK), then bind.
-    s.handle_frame(Tick(3), WALL, &mut rng(), aes_frame(&bind("bob"), 3, &cipher));
+    s.handle_frame(
+        Tick(3),
+        WALL,
+        &mut rng(),
+        aes_frame(&bind("bob"), 3, &cipher),
+    );
     let units = sent(&mut s);
     assert_eq!(units.len(), 2);
     let effs = effects(&mut s);
     assert!(matches!(&effs[0], Effect::UnregisterRoute { user_id, .. } if user_id == "alice"));
     assert_eq!(s.user_id(), Some("bob"));
 
-    let unbind = Unbind(UserBinding { user_id: "bob".into(), ..Default::default() });
+    let unbind = Unbind(UserBinding {
+        user_id: "bob".into(),
+        ..Default::default()
+    });
     s.handle_frame(Tick(4), WALL, &mut rng(), aes_frame(&unbind, 4, &cipher));
     assert_eq!(
         decode(&one_frame(&mut s), None),
-        ServerMessage::Ok(OkReply { cmd: 6, code: 0, data: "unbind success".into() })
+        ServerMessage::Ok(OkReply {
+            cmd: 6,
+            code: 0,
+            data: "unbind success".into()
+        })
     );
     assert_eq!(s.user_id(), None);
 }
@@ -240,16 +329,35 @@ fn bind_unbind_and_rebind() {
 #[test]
 fn bind_checks() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    let bind = Bind(UserBinding { user_id: "alice".into(), ..Default::default() });
-    s.handle_frame(Tick(1), WALL, &mut rng(), frame(Cmd::Bind, Flags::NONE, 1, body(&bind)));
+    let bind = Bind(UserBinding {
+        user_id: "alice".into(),
+        ..Default::default()
+    });
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        frame(Cmd::Bind, Flags::NONE, 1, body(&bind)),
+    );
     expect_error(&mut s, Cmd::Bind, 0, "not handshake");
-    assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::NotHandshake));
+    assert_eq!(
+        closed_with(&effects(&mut s)),
+        Some(CloseReason::NotHandshake)
+    );
 
     let mut s = ServerSession::new(config(false), Tick(0));
     let cipher = online(&mut s, "dev-1");
-    s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&Bind(UserBinding::default()), 2, &cipher));
+    s.handle_frame(
+        Tick(2),
+        WALL,
+        &mut rng(),
+        aes_frame(&Bind(UserBinding::default()), 2, &cipher),
+    );
     expect_error(&mut s, Cmd::Bind, 0, "invalid param");
-    assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::InvalidBindParam));
+    assert_eq!(
+        closed_with(&effects(&mut s)),
+        Some(CloseReason::InvalidBindParam)
+    );
 }
 
 fn fast_connect(session_id: &str, device: &str) -> Frame {
@@ -289,13 +397,26 @@ fn fast_connect_outcomes() {
     s.handle_session_loaded(SessionLookup::Found(stored.clone()));
     let ok = one_frame(&mut s);
     assert_eq!(ok.flags, Flags::NONE, "FastConnectOk is raw");
-    assert_eq!(decode(&ok, None), ServerMessage::FastConnectOk(FastConnectOk { heartbeat: 180_000 }));
+    assert_eq!(
+        decode(&ok, None),
+        ServerMessage::FastConnectOk(FastConnectOk { heartbeat: 180_000 })
+    );
     assert_eq!(s.heartbeat_ms(), 180_000);
     // The stored cipher is now the connection's.
-    let bind = Bind(UserBinding { user_id: "alice".into(), ..Default::default() });
-    s.handle_frame(Tick(4), WALL, &mut rng(), aes_frame(&bind, 5, &stored.cipher));
+    let bind = Bind(UserBinding {
+        user_id: "alice".into(),
+        ..Default::default()
+    });
+    s.handle_frame(
+        Tick(4),
+        WALL,
+        &mut rng(),
+        aes_frame(&bind, 5, &stored.cipher),
+    );
     let effs = effects(&mut s);
-    assert!(effs.iter().any(|e| matches!(e, Effect::RegisterRoute { client_type, .. }
+    assert!(effs
+        .iter()
+        .any(|e| matches!(e, Effect::RegisterRoute { client_type, .. }
         if *client_type == ClientType(1))));
 }
 
@@ -303,7 +424,12 @@ fn fast_connect_outcomes() {
 fn heartbeat_echo_and_its_fault() {
     let mut s = ServerSession::new(config(false), Tick(0));
     s.handle_heartbeat(Tick(1));
-    s.handle_frame(Tick(1), WALL, &mut rng(), frame(Cmd::Heartbeat, Flags::NONE, 0, Bytes::new()));
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        frame(Cmd::Heartbeat, Flags::NONE, 0, Bytes::new()),
+    );
     assert_eq!(sent(&mut s), vec![Unit::Heartbeat, Unit::Heartbeat]);
     s.set_echo_heartbeats(false);
     s.handle_heartbeat(Tick(2));
@@ -323,7 +449,11 @@ fn idle_connection_closes_on_the_third_idle_check() {
     // The first check is still on the pre-handshake 10 s period.
     assert_eq!(s.poll_timeout(), Some(Tick(10_000)));
     s.handle_timeout(Tick(9_999));
-    assert_eq!(s.poll_timeout(), Some(Tick(10_000)), "early call is a no-op");
+    assert_eq!(
+        s.poll_timeout(),
+        Some(Tick(10_000)),
+        "early call is a no-op"
+    );
     s.handle_timeout(Tick(10_000)); // read 9.999 s ago: not idle
     let t1 = 10_000 + hb;
     assert_eq!(s.poll_timeout(), Some(Tick(t1)));
@@ -336,40 +466,73 @@ fn idle_connection_closes_on_the_third_idle_check() {
     assert!(!s.is_closed());
     s.handle_timeout(Tick(t1 + 5 * hb)); // idle 3 > 2
     assert!(s.is_closed());
-    assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::IdleTimeout));
+    assert_eq!(
+        closed_with(&effects(&mut s)),
+        Some(CloseReason::IdleTimeout)
+    );
     assert_eq!(s.poll_timeout(), None);
 }
 
 #[test]
 fn push_kick_ack_and_garbage() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    assert!(!s.handle_push(MsgId(9), Bytes::from_static(b"x"), Flags::AUTO_ACK), "offline");
+    assert!(
+        !s.handle_push(MsgId(9), Bytes::from_static(b"x"), Flags::AUTO_ACK),
+        "offline"
+    );
     let cipher = online(&mut s, "dev-1");
     assert!(s.handle_push(MsgId(9), Bytes::from_static(b"hello"), Flags::BIZ_ACK));
     let f = one_frame(&mut s);
-    assert_eq!((f.msg_id, f.flags), (MsgId(9), Flags::BIZ_ACK.with(Flags::CRYPTO)));
-    assert_eq!(decode(&f, Some(&cipher)), ServerMessage::Push(Push { content: Bytes::from_static(b"hello") }));
+    assert_eq!(
+        (f.msg_id, f.flags),
+        (MsgId(9), Flags::BIZ_ACK.with(Flags::CRYPTO))
+    );
+    assert_eq!(
+        decode(&f, Some(&cipher)),
+        ServerMessage::Push(Push {
+            content: Bytes::from_static(b"hello")
+        })
+    );
 
     assert!(s.handle_kick(MsgId(10), "alice"));
     let f = one_frame(&mut s);
-    let kick = Kick { device_id: "dev-1".into(), user_id: "alice".into() };
+    let kick = Kick {
+        device_id: "dev-1".into(),
+        user_id: "alice".into(),
+    };
     assert_eq!(decode(&f, Some(&cipher)), ServerMessage::Kick(kick));
 
-    s.handle_frame(Tick(3), WALL, &mut rng(), frame(Cmd::Ack, Flags::NONE, 9, Bytes::new()));
+    s.handle_frame(
+        Tick(3),
+        WALL,
+        &mut rng(),
+        frame(Cmd::Ack, Flags::NONE, 9, Bytes::new()),
+    );
     let effs = effects(&mut s);
     assert!(effs.iter().any(|e| matches!(e, Effect::Acked(MsgId(9)))));
 
     s.handle_garbage();
     let f = one_frame(&mut s);
-    assert!(open_body(&f, Some(&cipher), 1024).is_err(), "garbage must not decrypt");
+    assert!(
+        open_body(&f, Some(&cipher), 1024).is_err(),
+        "garbage must not decrypt"
+    );
 }
 
 #[test]
 fn unsupported_command_is_error_101_and_close() {
     let mut s = ServerSession::new(config(false), Tick(0));
-    s.handle_frame(Tick(1), WALL, &mut rng(), frame(Cmd::Login, Flags::NONE, 4, Bytes::new()));
+    s.handle_frame(
+        Tick(1),
+        WALL,
+        &mut rng(),
+        frame(Cmd::Login, Flags::NONE, 4, Bytes::new()),
+    );
     expect_error(&mut s, Cmd::Login, 101, "unsupported command");
-    assert_eq!(closed_with(&effects(&mut s)), Some(CloseReason::UnsupportedCmd));
+    assert_eq!(
+        closed_with(&effects(&mut s)),
+        Some(CloseReason::UnsupportedCmd)
+    );
     // A closed session ignores input.
     s.handle_heartbeat(Tick(2));
     assert!(sent(&mut s).is_empty());
@@ -388,8 +551,13 @@ fn http_proxy_answers_502_raw() {
     s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&req, 6, &cipher));
     let f = one_frame(&mut s);
     assert_eq!(f.flags, Flags::NONE);
-    let ServerMessage::HttpResponse(resp) = decode(&f, None) else { panic!("not a response") };
-    assert_eq!((resp.status_code, resp.reason_phrase.as_str()), (502, "Bad Gateway"));
+    let ServerMessage::HttpResponse(resp) = decode(&f, None) else {
+        panic!("not a response")
+    };
+    assert_eq!(
+        (resp.status_code, resp.reason_phrase.as_str()),
+        (502, "Bad Gateway")
+    );
 }
 
 #[test]
@@ -398,10 +566,15 @@ fn client_push_with_auto_ack_is_acked() {
     let _ = online(&mut s, "dev-1");
     let mut out = BytesMut::new();
     encode_frame(&mut out, Cmd::Push, Flags::AUTO_ACK, MsgId(12), b"up");
-    let Some(Unit::Frame(f)) = FrameDecoder::default().decode(&mut out).unwrap() else { panic!() };
+    let Some(Unit::Frame(f)) = FrameDecoder::default().decode(&mut out).unwrap() else {
+        panic!()
+    };
     s.handle_frame(Tick(2), WALL, &mut rng(), f);
     let ack = one_frame(&mut s);
-    assert_eq!((ack.cmd, ack.msg_id, ack.body.len()), (Cmd::Ack as u8, MsgId(12), 0));
+    assert_eq!(
+        (ack.cmd, ack.msg_id, ack.body.len()),
+        (Cmd::Ack as u8, MsgId(12), 0)
+    );
 }
 
 #[test]

@@ -1,0 +1,118 @@
+//! The `--metrics` endpoint scraped over real HTTP on loopback and its text parsed.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use mpush_fleet::stats::prometheus::serve_metrics;
+use mpush_fleet::stats::{Latency, ShardStats};
+
+/// One HTTP GET; returns (status line, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    // The server closes after one response.
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Sample lines of the exposition text: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            let v = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            };
+            (key.to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn scrape_parses_with_counters_gauges_and_histograms() {
+    let mut stats = ShardStats::default();
+    stats.counters.handshakes = 5;
+    stats.counters.reconnects = 2;
+    stats.counters.online = 3;
+    stats.counters.error(103);
+    stats.counters.error(103);
+    for us in [800, 4_000, 9_000, 2_000_000] {
+        stats.latencies.record(Latency::Handshake, us);
+    }
+    let shared = Arc::new(Mutex::new(stats));
+    let source = shared.clone();
+    let server = serve_metrics(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move || source.lock().unwrap().clone()),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("# TYPE mpush_fleet_handshakes_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE mpush_fleet_online gauge"), "{body}");
+    assert!(
+        body.contains("# TYPE mpush_fleet_latency_seconds histogram"),
+        "{body}"
+    );
+    let m = samples(&body);
+    assert_eq!(m["mpush_fleet_handshakes_total"], 5.0);
+    assert_eq!(m["mpush_fleet_reconnects_total"], 2.0);
+    assert_eq!(m["mpush_fleet_online"], 3.0);
+    assert_eq!(m["mpush_fleet_server_errors_total{code=\"103\"}"], 2.0);
+    assert_eq!(
+        m["mpush_fleet_latency_seconds_count{op=\"handshake\"}"],
+        4.0
+    );
+    // Cumulative buckets: 0.8 ms under 1 ms; 0.8, 4 and 9 ms under 10 ms; all under +Inf.
+    assert_eq!(
+        m["mpush_fleet_latency_seconds_bucket{op=\"handshake\",le=\"0.001\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["mpush_fleet_latency_seconds_bucket{op=\"handshake\",le=\"0.01\"}"],
+        3.0
+    );
+    assert_eq!(
+        m["mpush_fleet_latency_seconds_bucket{op=\"handshake\",le=\"2.5\"}"],
+        4.0
+    );
+    assert_eq!(
+        m["mpush_fleet_latency_seconds_bucket{op=\"handshake\",le=\"+Inf\"}"],
+        4.0
+    );
+    let sum = m["mpush_fleet_latency_seconds_sum{op=\"handshake\"}"];
+    assert!((sum - 2.0138).abs() < 0.01, "sum {sum}");
+    assert_eq!(m["mpush_fleet_latency_seconds_count{op=\"connect\"}"], 0.0);
+
+    // Each scrape reads the source again.
+    shared.lock().unwrap().counters.handshakes = 6;
+    let (_, body) = get(addr, "/metrics");
+    assert_eq!(samples(&body)["mpush_fleet_handshakes_total"], 6.0);
+
+    // Anything else is answered, not crashed on.
+    assert_eq!(get(addr, "/").0, "HTTP/1.1 404 Not Found");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"garbage\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+    server.shutdown();
+}

@@ -105,6 +105,19 @@ fn two_thousand_devices_handshake_bind_then_return_by_fast_connect() {
     let first = stop(fleet);
     assert_eq!(first.stats.counters.handshakes, 2_000);
     assert_eq!(first.stats.counters.tickets_saved, 2_000);
+    // The report's histograms count one sample per device and phase, with ordered percentiles.
+    let report = mpush_fleet::control::report::RunReport::new(n, &first.stats, first.elapsed);
+    for name in ["connect", "handshake", "bind"] {
+        let h = &report.latency[name];
+        assert_eq!(h.count, 2_000, "{name}: {h:?}");
+        assert!(
+            h.p50_ms <= h.p90_ms && h.p90_ms <= h.p99_ms && h.p99_ms <= h.max_ms,
+            "{name}: {h:?}"
+        );
+        assert!(h.max_ms > 0.0, "{name}: {h:?}");
+    }
+    assert_eq!(report.latency["fast_connect"].count, 0);
+    assert!(report.sessions_per_sec > 0.0);
     wait_server(&server, "all closed", |s| s.connections == 0);
 
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), first.stores);
@@ -167,10 +180,15 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), memory_stores(2));
     all_online_and_bound(&mut fleet, n, "first run");
     let mut stores = stop(fleet).stores;
-    // Make one collision certain whatever the timing: give device-1 the ticket of device-0
-    // (what the quirk does when two devices handshake in the same millisecond).
-    let t0 = load(&mut stores[0], "device-0");
-    stores[0].save("device-1", &t0, 0);
+    // Make one 104 certain whatever the timing: give device-1 the ticket of a device whose
+    // session id is not device-1's own (what the quirk does when two devices handshake in the
+    // same millisecond: the session belongs to whichever stored it last).
+    let own = load(&mut stores[0], "device-1");
+    let other = (2..250)
+        .map(|i| load(&mut stores[0], &format!("device-{i}")))
+        .find(|t| t.session_id != own.session_id)
+        .expect("not every device shares one millisecond");
+    stores[0].save("device-1", &other, 0);
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), stores);
     all_online_and_bound(&mut fleet, n, "after collisions");
     let c = stop(fleet).stats.counters;

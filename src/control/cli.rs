@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::embedded::{Embedded, SPARE_DESCRIPTORS};
 use super::fail_on::{self, Threshold};
-use super::report::{status_line, RunReport};
+use super::report::{status_line, ProcessCost, RunReport};
 use super::{memory_stores, Fleet, FleetConfig};
 use crate::crypto::RsaEncryptor;
 use crate::device::{DeviceConfig, Template};
@@ -260,10 +260,12 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let embedded = args.servers.is_empty();
     let limit = check_descriptors(args.devices)?;
     let server = if embedded {
+        let redis = args.redis.as_deref();
         Some(Embedded::start(
             args.devices,
             args.embedded_heartbeat,
             limit,
+            redis,
         )?)
     } else {
         None
@@ -336,6 +338,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     }
     fleet.poll(Duration::ZERO);
     let online_before_stop = fleet.counters().online;
+    let rss_online = ProcessCost::now().map(|p| p.rss_bytes_online);
     let result = fleet.stop()?;
     out.finish();
     if let Some(sink) = sink {
@@ -349,6 +352,10 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
+    report.process = ProcessCost::now().map(|p| ProcessCost {
+        rss_bytes_online: rss_online.unwrap_or(p.rss_bytes_online),
+        ..p
+    });
     out.line(&status_line(devices, result.elapsed, &result.stats));
     out.line(&serde_json::to_string_pretty(&report)?);
     let mut judged = result.stats;

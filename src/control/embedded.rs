@@ -8,11 +8,13 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
 use crate::server::{Server, ServerConfig, ServerHandle};
+use crate::tickets::RedisSessions;
 
 /// Descriptors kept free for everything that is not a session (runtime, ring, logs, Redis).
 pub const SPARE_DESCRIPTORS: u64 = 128;
@@ -37,12 +39,26 @@ impl Embedded {
     /// # Errors
     ///
     /// If the server cannot start or the child does not come up within 30 s.
-    pub fn start(devices: u32, heartbeat_ms: i32, limit: u64) -> anyhow::Result<Embedded> {
+    /// With `redis`, its reusable sessions live there too (`mp:rs:`), so fleet processes that
+    /// share tickets in Redis resume by fast connect across runs.
+    pub fn start(
+        devices: u32,
+        heartbeat_ms: i32,
+        limit: u64,
+        redis: Option<&str>,
+    ) -> anyhow::Result<Embedded> {
         if 2 * u64::from(devices) + SPARE_DESCRIPTORS <= limit {
             let mut cfg = ServerConfig::new();
             cfg.min_heartbeat_ms = heartbeat_ms;
             cfg.max_heartbeat_ms = heartbeat_ms;
-            let handle = Server::start(cfg).context("starting the embedded server")?;
+            let handle = match redis {
+                Some(url) => {
+                    let sessions = RedisSessions::new(url).context("--redis")?;
+                    Server::start_with_store(cfg, Arc::new(sessions))
+                }
+                None => Server::start(cfg),
+            }
+            .context("starting the embedded server")?;
             tracing::info!(addr = %handle.local_addr(), "embedded reference server in-process");
             return Ok(Embedded::InProcess(handle));
         }

@@ -223,15 +223,21 @@ impl Fleet {
         }
     }
 
+    /// Begins a graceful stop without waiting: shards stop starting devices and reading new
+    /// pushes, and drain the sink. [`Fleet::stop`] then waits for them.
+    pub fn begin_stop(&self) {
+        for s in &self.shards {
+            let _ = s.commands.send(Command::Stop);
+        }
+    }
+
     /// Stops every shard gracefully and collects what they leave.
     ///
     /// # Errors
     ///
     /// If a shard could not run (io_uring unavailable) or panicked.
     pub fn stop(self) -> anyhow::Result<FleetResult> {
-        for s in &self.shards {
-            let _ = s.commands.send(Command::Stop);
-        }
+        self.begin_stop();
         let mut stats = ShardStats::default();
         let mut stores = Vec::with_capacity(self.shards.len());
         let mut error = None;

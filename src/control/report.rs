@@ -39,6 +39,55 @@ pub struct RunReport {
     pub latency: BTreeMap<&'static str, Summary>,
     /// Every counter.
     pub counters: Counters,
+    /// What this process cost (Linux `/proc/self`); `None` where it cannot be read.
+    pub process: Option<ProcessCost>,
+}
+
+/// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
+/// CPU per handshake and per fast connect).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ProcessCost {
+    /// User CPU seconds since the process started.
+    pub cpu_user_secs: f64,
+    /// System CPU seconds since the process started.
+    pub cpu_system_secs: f64,
+    /// Resident memory just before the fleet was stopped, bytes.
+    pub rss_bytes_online: u64,
+    /// Peak resident memory, bytes.
+    pub rss_peak_bytes: u64,
+}
+
+impl ProcessCost {
+    /// Reads this process's CPU times and memory; `rss_bytes_online` is the current RSS.
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = clock_ticks_per_sec();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kb = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            line.split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+                .map(|k| k * 1024)
+        };
+        Some(ProcessCost {
+            cpu_user_secs: utime / ticks,
+            cpu_system_secs: stime / ticks,
+            rss_bytes_online: kb("VmRSS:")?,
+            rss_peak_bytes: kb("VmHWM:")?,
+        })
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on; read it anyway where rustix can.
+fn clock_ticks_per_sec() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 impl RunReport {
@@ -64,6 +113,7 @@ impl RunReport {
                 .map(|&l| (l.name(), Summary::of(stats.latencies.get(l))))
                 .collect(),
             counters: c.clone(),
+            process: None,
         }
     }
 }

@@ -251,11 +251,13 @@ impl Device {
                     cipher: session.clone(),
                 }));
                 self.set_cipher(Some(session));
+                self.resumed = false;
                 ctx.stats.counters.handshakes += 1;
                 ctx.stats.latencies.record(Latency::Handshake, took);
                 self.go_online(ctx, ok.heartbeat);
             }
             (Phase::ExpectFastConnectOk, ServerMessage::FastConnectOk(ok)) => {
+                self.resumed = true;
                 ctx.stats.counters.fast_connects += 1;
                 ctx.stats.latencies.record(Latency::FastConnect, took);
                 self.go_online(ctx, ok.heartbeat);
@@ -397,6 +399,16 @@ impl Device {
     /// a kick, unless configured to reconnect).
     fn close(&mut self, ctx: &mut Ctx<'_>, reason: CloseReason) {
         let kicked = reason == CloseReason::Kicked;
+        // A resumed session whose bind failed (ERROR, garbled reply, silence) points at a
+        // ticket the server no longer matches: its key differs from the stored session's.
+        // Drop it, or every reconnect would fast-connect into the same failure.
+        let ticket_suspect = matches!(
+            reason,
+            CloseReason::ServerError { .. } | CloseReason::Decode(_) | CloseReason::RequestTimeout
+        );
+        if self.phase == Phase::Online && self.resumed && !self.bound && ticket_suspect {
+            ctx.out.effects.push(Effect::DeleteTicket);
+        }
         ctx.out.effects.push(Effect::Close(reason));
         self.connection_down(ctx);
         if kicked && !ctx.cfg.reconnect_on_kick {

@@ -187,6 +187,8 @@ pub struct Device {
     cipher: Option<AesCipher>,
     cipher_generation: u8,
     bound: bool,
+    /// The current session came from a fast connect (its ticket is on trial until the bind).
+    resumed: bool,
     was_online: bool,
     bind_tries: u8,
     missed_reads: u8,
@@ -213,6 +215,7 @@ impl Device {
             cipher: None,
             cipher_generation: 0,
             bound: false,
+            resumed: false,
             was_online: false,
             bind_tries: 0,
             missed_reads: 0,

@@ -229,6 +229,35 @@ fn a_valid_ticket_fast_connects_and_switches_to_its_cipher() {
 }
 
 #[test]
+fn a_resumed_session_whose_bind_fails_drops_its_ticket() {
+    let mut s = Script::new();
+    s.connect(Some(ticket(i64::MAX)));
+    let frame = s.sent_frame();
+    s.server_sends(
+        &FastConnectOk { heartbeat: 10_000 },
+        frame.msg_id.0,
+        Flags::NONE,
+        false,
+    );
+    let bind = s.sent_frame();
+    // The server's stored session has another key: it cannot read the bind.
+    let err = ErrorReply {
+        cmd: Cmd::Bind as u8,
+        code: ErrorCode::DISPATCH_ERROR,
+        reason: "handle message error".into(),
+        data: String::new(),
+    };
+    s.server_sends(&err, bind.msg_id.0, Flags::NONE, false);
+    assert_eq!(
+        s.effects(),
+        vec![
+            Effect::DeleteTicket,
+            Effect::Close(CloseReason::ServerError { cmd: 5, code: 100 })
+        ]
+    );
+}
+
+#[test]
 fn an_expired_ticket_is_not_used() {
     let mut s = Script::new();
     s.connect(Some(ticket(1)));

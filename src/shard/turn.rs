@@ -691,6 +691,7 @@ impl Shard {
     fn stop(&mut self) {
         if self.stopping == Stopping::No {
             self.gate.closed.set(true);
+            self.stats.counters.draining_shards = 1;
             self.stopping = Stopping::Draining {
                 until: Instant::now() + self.cfg.drain_timeout,
             };
@@ -719,6 +720,7 @@ impl Shard {
                     for slot in 0..self.slots.len() as u32 {
                         self.call(slot, |d, ctx| d.handle_event(ctx, Event::Stop));
                     }
+                    self.stats.counters.draining_shards = 0;
                     self.stopping = Stopping::Closing {
                         until: Instant::now() + Duration::from_secs(5),
                     };

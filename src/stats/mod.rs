@@ -64,6 +64,8 @@ pub struct Counters {
     pub connections: i64,
     /// Devices that have been online at least once.
     pub ever_online: u64,
+    /// Shards draining for a graceful stop (reads stopped, waiting for the sink's acks).
+    pub draining_shards: i64,
 }
 
 impl Counters {
@@ -96,7 +98,8 @@ impl Counters {
             ticket_errors,
             online,
             connections,
-            ever_online
+            ever_online,
+            draining_shards
         );
         for (code, n) in &other.errors {
             *self.errors.entry(*code).or_default() += n;

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Shard threads (default: one per core).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Do not pin shard threads to cores (for several fleet processes on one machine).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Index of this process's first device, so several processes split one fleet.
     #[arg(long, default_value_t = 0)]
     pub first_device: u32,
@@ -394,6 +397,7 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
         servers,
         sources,
         seed: args.seed,
+        pin: !args.no_pin,
         ..FleetConfig::default()
     };
     if let Some(n) = args.shards {

@@ -104,7 +104,7 @@ impl Server {
         rt.spawn(accept_loop(shared.clone(), listener, stop_rx.clone()));
         let handle = ServerHandle {
             rt: Some(rt),
-            shared,
+            ops: ServerOps { shared },
             local_addr,
             admin_addr,
             stop: stop_tx,
@@ -117,11 +117,12 @@ impl Server {
     }
 }
 
-/// A running server. Dropping it shuts the server down.
+/// A running server. Dropping it shuts the server down. Its operations (push, kick, stats,
+/// fault switches) are those of [`ServerOps`], which it dereferences to.
 #[derive(Debug)]
 pub struct ServerHandle {
     rt: Option<Runtime>,
-    shared: Arc<Shared>,
+    ops: ServerOps,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -138,36 +139,6 @@ impl ServerHandle {
         self.admin_addr
     }
 
-    /// The counters.
-    pub fn stats(&self) -> ServerStats {
-        self.shared.stats()
-    }
-
-    /// Peer addresses of the open connections, sorted.
-    pub fn peers(&self) -> Vec<SocketAddr> {
-        self.shared.peers()
-    }
-
-    /// Pushes `content` with "send" (session cipher) and the flags of `ack`.
-    pub fn push(&self, target: PushTarget, content: Bytes, ack: AckMode) -> PushResult {
-        self.ops().push(target, content, ack)
-    }
-
-    /// The pushes sent so far (the most recent 100,000) and whether each was acked.
-    pub fn pushes(&self) -> Vec<PushRecord> {
-        self.shared.pushes()
-    }
-
-    /// Sends KICK to every connection `user_id` is bound on; returns how many.
-    pub fn kick(&self, user_id: &str) -> usize {
-        self.shared.kick(user_id)
-    }
-
-    /// The fault switches' state.
-    pub fn faults(&self) -> FaultState {
-        self.shared.faults()
-    }
-
     /// Fault: expire every reusable session (fast connects then get ERROR 103). Blocks the
     /// calling thread until the store has done it.
     ///
@@ -176,7 +147,7 @@ impl ServerHandle {
     /// The store's error.
     pub fn expire_sessions(&self) -> Result<u64, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let store = self.shared.store.clone();
+        let store = self.ops.shared.store.clone();
         self.runtime().spawn(async move {
             let _ = tx.send(store.expire_all().await);
         });
@@ -184,37 +155,9 @@ impl ServerHandle {
             .unwrap_or_else(|_| Err(StoreError::Backend("server stopped".into())))
     }
 
-    /// Fault: whether heartbeats are echoed (off: "stop answering heartbeats").
-    pub fn set_heartbeat_echo(&self, on: bool) {
-        self.shared.set_heartbeat_echo(on);
-    }
-
-    /// Fault: close every new connection at accept.
-    pub fn set_reject_new(&self, on: bool) {
-        self.shared.set_reject_new(on);
-    }
-
-    /// Fault: delay every write by `ms` milliseconds (0 turns it off).
-    pub fn set_delay_ms(&self, ms: u64) {
-        self.shared.set_delay_ms(ms);
-    }
-
-    /// Fault: close every open connection; returns how many were told to.
-    pub fn close_all(&self) -> usize {
-        self.shared
-            .broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
-    }
-
-    /// Fault: send one garbage frame to every connection; returns how many were told to.
-    pub fn send_garbage(&self) -> usize {
-        self.shared.broadcast(|| ConnCmd::Garbage)
-    }
-
     /// The same operations as a cheap, cloneable value (what the admin API uses).
     pub fn ops(&self) -> ServerOps {
-        ServerOps {
-            shared: self.shared.clone(),
-        }
+        self.ops.clone()
     }
 
     /// Stops accepting, closes every connection and stops the runtime.
@@ -240,6 +183,14 @@ impl ServerHandle {
     }
 }
 
+impl std::ops::Deref for ServerHandle {
+    type Target = ServerOps;
+
+    fn deref(&self) -> &ServerOps {
+        &self.ops
+    }
+}
+
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop_now();
@@ -260,17 +211,17 @@ impl std::fmt::Debug for ServerOps {
 }
 
 impl ServerOps {
-    /// See [`ServerHandle::stats`].
+    /// The counters.
     pub fn stats(&self) -> ServerStats {
         self.shared.stats()
     }
 
-    /// See [`ServerHandle::peers`].
+    /// Peer addresses of the open connections, sorted.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.shared.peers()
     }
 
-    /// See [`ServerHandle::push`].
+    /// Pushes `content` with "send" (session cipher) and the flags of `ack`.
     pub fn push(&self, target: PushTarget, content: Bytes, ack: AckMode) -> PushResult {
         let user = match &target {
             PushTarget::User(u) => Some(u.as_str()),
@@ -283,22 +234,23 @@ impl ServerOps {
         }
     }
 
-    /// See [`ServerHandle::pushes`].
+    /// The pushes sent so far (the most recent 100,000) and whether each was acked.
     pub fn pushes(&self) -> Vec<PushRecord> {
         self.shared.pushes()
     }
 
-    /// See [`ServerHandle::kick`].
+    /// Sends KICK to every connection `user_id` is bound on; returns how many.
     pub fn kick(&self, user_id: &str) -> usize {
         self.shared.kick(user_id)
     }
 
-    /// See [`ServerHandle::faults`].
+    /// The fault switches' state.
     pub fn faults(&self) -> FaultState {
         self.shared.faults()
     }
 
-    /// See [`ServerHandle::expire_sessions`] (async form).
+    /// Fault: expire every reusable session (fast connects then get ERROR 103).
+    /// [`ServerHandle::expire_sessions`] is the blocking form.
     ///
     /// # Errors
     ///
@@ -307,28 +259,28 @@ impl ServerOps {
         self.shared.store.expire_all().await
     }
 
-    /// See [`ServerHandle::set_heartbeat_echo`].
+    /// Fault: whether heartbeats are echoed (off: "stop answering heartbeats").
     pub fn set_heartbeat_echo(&self, on: bool) {
         self.shared.set_heartbeat_echo(on);
     }
 
-    /// See [`ServerHandle::set_reject_new`].
+    /// Fault: close every new connection at accept.
     pub fn set_reject_new(&self, on: bool) {
         self.shared.set_reject_new(on);
     }
 
-    /// See [`ServerHandle::set_delay_ms`].
+    /// Fault: delay every write by `ms` milliseconds (0 turns it off).
     pub fn set_delay_ms(&self, ms: u64) {
         self.shared.set_delay_ms(ms);
     }
 
-    /// See [`ServerHandle::close_all`].
+    /// Fault: close every open connection; returns how many were told to.
     pub fn close_all(&self) -> usize {
         self.shared
             .broadcast(|| ConnCmd::Close(CloseReason::CloseAll))
     }
 
-    /// See [`ServerHandle::send_garbage`].
+    /// Fault: send one garbage frame to every connection; returns how many were told to.
     pub fn send_garbage(&self) -> usize {
         self.shared.broadcast(|| ConnCmd::Garbage)
     }

@@ -71,7 +71,12 @@ for cycle in 1 2; do
   for k in $(seq 0 $((PROCS - 1))); do
     first=$((k * PER)); n=$PER
     [ $((first + n)) -gt "$TOTAL" ] && n=$((TOTAL - first))
+    # Each process binds its own loopback source address: the default ephemeral port range
+    # (28,232 ports) caps connections per source address at about 85k on this kernel (the
+    # first run of this script stalled there), and a source address each lifts that cap
+    # without touching sysctls (tuning/ raises the range where that is allowed).
     "$BIN" run --server "127.0.0.1:$((BASE_PORT + k))" --devices "$n" --first-device "$first" \
+      --source "127.0.$((k + 1)).1" \
       --rate "$RATE_EACH" --duration "${HOLD}s" --heartbeat "$HB" --shards 1 --no-pin \
       --redis "redis://127.0.0.1:$REDIS_PORT/0" --status-every 15 \
       --report "$OUT/cycle$cycle-$k.json" >"$OUT/cycle$cycle-$k.log" 2>&1 &

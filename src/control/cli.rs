@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Do not pin shard threads to cores (for several fleet processes on one machine).
     #[arg(long)]
     pub no_pin: bool,
+    /// io_uring submission-queue entries per shard (the completion queue is twice as large).
+    #[arg(long, default_value_t = 4096)]
+    pub ring_entries: u32,
     /// Index of this process's first device, so several processes split one fleet.
     #[arg(long, default_value_t = 0)]
     pub first_device: u32,
@@ -398,6 +401,7 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
         sources,
         seed: args.seed,
         pin: !args.no_pin,
+        ring_entries: args.ring_entries,
         ..FleetConfig::default()
     };
     if let Some(n) = args.shards {
@@ -523,6 +527,57 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        cmd: TestSub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum TestSub {
+        Run(RunArgs),
+    }
+
+    fn parsed(argv: &[&str]) -> RunArgs {
+        let argv: Vec<String> = argv.iter().map(ToString::to_string).collect();
+        let TestCli {
+            cmd: TestSub::Run(args),
+        } = TestCli::try_parse_from(&argv).unwrap();
+        merge_config(args, &argv).unwrap()
+    }
+
+    #[test]
+    fn the_toml_file_mirrors_the_flags_and_the_command_line_wins() {
+        let path = std::env::temp_dir().join(format!("mpush-fleet-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "server = [\"127.0.0.1:3000\", \"127.0.0.1:3001\"]\ndevices = 50\nrate = 7.5\n\
+             duration = \"2m\"\ndevice-id = \"soak-{i}\"\nreconnect-on-kick = true\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let args = parsed(&["mpush-fleet", "run", "--config", file, "--devices", "9"]);
+        assert_eq!(args.servers.len(), 2);
+        assert_eq!(args.devices, 9, "the command line wins");
+        assert_eq!(args.rate, 7.5);
+        assert_eq!(args.duration, Some(Duration::from_secs(120)));
+        assert_eq!(args.device_id, "soak-{i}");
+        assert!(args.reconnect_on_kick);
+        std::fs::write(&path, "no-such-flag = 1\n").unwrap();
+        let argv: Vec<String> = ["mpush-fleet", "run", "--config", file]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let TestCli {
+            cmd: TestSub::Run(args),
+        } = TestCli::try_parse_from(&argv).unwrap();
+        assert!(
+            merge_config(args, &argv).is_err(),
+            "unknown keys are usage errors"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn durations_parse() {

@@ -8,6 +8,31 @@
 //! - [`field`]: the i16 / `0x7FFF`+i32 length-prefixed strings and byte arrays.
 //! - [`message`]: one type per message body, with encode and decode.
 //! - [`pipeline`]: the flag-driven body pipeline (deflate, AES) in both directions.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use mpush_fleet::proto::message::{ClientMessage, FastConnect};
+//! use mpush_fleet::proto::pipeline::Encoder;
+//! use mpush_fleet::proto::{Flags, FrameDecoder, MsgId, Unit};
+//!
+//! let msg = FastConnect {
+//!     session_id: "0123456789abcdef0123456789abcdef".into(),
+//!     device_id: "device-1".into(),
+//!     min_heartbeat: 180_000,
+//!     max_heartbeat: 180_000,
+//! };
+//! // FastConnect is always sent raw ("sendRaw").
+//! let mut wire = BytesMut::new();
+//! Encoder::default().write_raw(&mut wire, &msg, MsgId(1), Flags::NONE);
+//! wire.extend_from_slice(&[0xDF]); // a heartbeat right behind it
+//!
+//! let decoder = FrameDecoder::default();
+//! let Some(Unit::Frame(frame)) = decoder.decode(&mut wire)? else { unreachable!() };
+//! assert_eq!(ClientMessage::decode(frame.cmd, frame.body)?, ClientMessage::FastConnect(msg));
+//! assert_eq!(decoder.decode(&mut wire)?, Some(Unit::Heartbeat));
+//! assert_eq!(decoder.decode(&mut wire)?, None);
+//! # Ok::<(), mpush_fleet::proto::DecodeError>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod field;

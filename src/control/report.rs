@@ -148,13 +148,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         line.push_str(&format!(" errors {}", list.join(",")));
     }
-    for l in [
-        Latency::Connect,
-        Latency::Handshake,
-        Latency::FastConnect,
-        Latency::Bind,
-        Latency::HeartbeatRtt,
-    ] {
+    for l in Latency::ALL {
         let s = Summary::of(stats.latencies.get(l));
         if s.count > 0 {
             line.push_str(&format!(

@@ -335,7 +335,8 @@ fn run_and_serve_processes_share_one_redis() {
                 "--shards",
                 "2",
                 "--duration",
-                "4s",
+                "120s",
+                "--stop-when-online",
             ])
             .args([
                 "--redis",

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Shard threads (default: one per core).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Stop (gracefully, as at the end of --duration) as soon as every device has been online
+    /// and bound: a smoke test of a server that ends on the condition, not on a clock.
+    #[arg(long)]
+    pub stop_when_online: bool,
     /// Do not pin shard threads to cores (for several fleet processes on one machine).
     #[arg(long)]
     pub no_pin: bool,
@@ -278,6 +282,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     };
     let cfg = fleet_config(&args, server.as_ref().map(Embedded::addr))?;
     let devices = cfg.devices;
+    let cfg_binds = cfg.device.bind;
     let sink = match &args.sink {
         Some(spec) => {
             Some(Sink::start(spec.clone(), args.sink_capacity).context("starting the sink")?)
@@ -336,6 +341,13 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
+        }
+        if args.stop_when_online {
+            let c = fleet.counters();
+            let all = u64::from(devices);
+            if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
+                break;
+            }
         }
         if Instant::now() >= next_status {
             out.line(&status_line(devices, fleet.elapsed(), &fleet.stats()));

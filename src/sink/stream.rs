@@ -82,13 +82,14 @@ fn run(mut dest: Dest, sh: Shared) -> u64 {
             Ok(()) => {
                 backoff.reset();
                 let n = batch.len() as u64;
+                // Count first: whoever `on_taken` wakes may read the counters at once.
                 Stats::add(&sh.stats.written, n);
+                Stats::add(&sh.stats.acked, n);
                 for rec in batch.drain(..) {
                     if let Some(f) = rec.on_taken {
                         f();
                     }
                 }
-                Stats::add(&sh.stats.acked, n);
             }
             Err(e) => {
                 // Keep the batch and retry: a full disk may free up. A partial write before

@@ -220,10 +220,11 @@ impl Writer {
             Event::Ack(seq) => {
                 // An unknown seq is a second ack of a resent line: harmless.
                 if let Some(p) = self.inflight.remove(&seq) {
+                    // Count first: whoever `on_taken` wakes may read the counters at once.
+                    Stats::add(&self.sh.stats.acked, 1);
                     if let Some(f) = p.on_taken {
                         f();
                     }
-                    Stats::add(&self.sh.stats.acked, 1);
                     // The consumer works: retry fast the next time it goes away.
                     self.backoff.reset();
                 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mpush_fleet::control::{memory_stores, Fleet, FleetConfig, FleetResult};
 use mpush_fleet::device::{DeviceConfig, Template};
-use mpush_fleet::server::{AckMode, PushTarget, Server, ServerConfig, ServerHandle, ServerStats};
+use mpush_fleet::server::{
+    AckMode, PushTarget, Server, ServerConfig, ServerHandle, ServerStats, SessionConfig,
+};
 use mpush_fleet::tickets::{Loaded, TicketStore};
 
 /// Fleet tests open thousands of sockets each: run them one at a time so that together they
@@ -173,7 +175,10 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
     }
     let _serial = serial();
     let server = server(ServerConfig {
-        sessionid_quirk: true,
+        session: SessionConfig {
+            sessionid_quirk: true,
+            ..SessionConfig::default()
+        },
         ..ServerConfig::new()
     });
     let n = 500;
@@ -229,8 +234,11 @@ fn heartbeats_keep_sessions_and_silence_makes_devices_reconnect() {
     }
     let _serial = serial();
     let server = server(ServerConfig {
-        min_heartbeat_ms: 1_000,
-        max_heartbeat_ms: 1_000,
+        session: SessionConfig {
+            min_heartbeat_ms: 1_000,
+            max_heartbeat_ms: 1_000,
+            ..SessionConfig::default()
+        },
         ..ServerConfig::new()
     });
     let n = 200;

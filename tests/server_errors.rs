@@ -9,7 +9,7 @@ use harness::client::{Client, Incoming};
 use harness::wait_until;
 use mpush_fleet::proto::message::{HttpMethod, HttpRequest, ServerMessage};
 use mpush_fleet::proto::{encode_frame, Cmd, Flags, MsgId};
-use mpush_fleet::server::{Server, ServerConfig, ServerHandle};
+use mpush_fleet::server::{Server, ServerConfig, ServerHandle, SessionConfig};
 
 fn start_with(cfg: ServerConfig) -> ServerHandle {
     Server::start(ServerConfig {
@@ -72,9 +72,12 @@ fn unsupported_command_gets_error_101_and_close() {
 #[test]
 fn oversized_frame_closes_only_that_connection() {
     let server = start_with(ServerConfig {
-        limits: mpush_fleet::proto::BodyLimits {
-            max_body: 1000,
-            ..Default::default()
+        session: SessionConfig {
+            limits: mpush_fleet::proto::BodyLimits {
+                max_body: 1000,
+                ..Default::default()
+            },
+            ..SessionConfig::default()
         },
         ..ServerConfig::new()
     });
@@ -200,7 +203,10 @@ fn http_proxy_is_answered_502_raw() {
     }
     // With the proxy off, as the real server's default: ERROR 101 and a close.
     let server = start_with(ServerConfig {
-        http_proxy: false,
+        session: SessionConfig {
+            http_proxy: false,
+            ..SessionConfig::default()
+        },
         ..ServerConfig::new()
     });
     let mut c = Client::connect(server.local_addr());
@@ -214,9 +220,12 @@ fn http_proxy_is_answered_502_raw() {
 fn silent_connection_is_closed_by_the_idle_check() {
     // Short periods so the test is quick; the test waits on the close, not on a clock.
     let server = start_with(ServerConfig {
-        min_heartbeat_ms: 100,
-        max_heartbeat_ms: 100,
-        pre_handshake_heartbeat_ms: 100,
+        session: SessionConfig {
+            min_heartbeat_ms: 100,
+            max_heartbeat_ms: 100,
+            pre_handshake_heartbeat_ms: 100,
+            ..SessionConfig::default()
+        },
         ..ServerConfig::new()
     });
     let mut c = Client::connect(server.local_addr());

@@ -49,8 +49,8 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         if 2 * u64::from(devices) + SPARE_DESCRIPTORS <= limit {
             let mut cfg = ServerConfig::new();
-            cfg.min_heartbeat_ms = heartbeat_ms;
-            cfg.max_heartbeat_ms = heartbeat_ms;
+            cfg.session.min_heartbeat_ms = heartbeat_ms;
+            cfg.session.max_heartbeat_ms = heartbeat_ms;
             let handle = match redis {
                 Some(url) => {
                     let sessions = RedisSessions::new(url).context("--redis")?;

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
-use super::{Server, ServerConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS};
+use super::{
+    Server, ServerConfig, SessionConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS,
+};
 use crate::crypto::RsaDecryptor;
 use crate::proto::{BodyLimits, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_BODY};
 
@@ -96,15 +98,17 @@ impl ServeArgs {
         Ok(ServerConfig {
             listen: self.listen,
             admin: self.admin,
-            rsa,
-            min_heartbeat_ms: self.min_heartbeat,
-            max_heartbeat_ms: self.max_heartbeat,
-            session_expire_secs: self.session_expire,
-            limits,
-            sessionid_quirk: self.sessionid_quirk,
-            http_proxy: !self.no_http_proxy,
+            session: SessionConfig {
+                rsa,
+                min_heartbeat_ms: self.min_heartbeat,
+                max_heartbeat_ms: self.max_heartbeat,
+                session_expire_secs: self.session_expire,
+                limits,
+                sessionid_quirk: self.sessionid_quirk,
+                http_proxy: !self.no_http_proxy,
+                ..SessionConfig::default()
+            },
             workers: self.workers,
-            ..ServerConfig::new()
         })
     }
 }

@@ -35,9 +35,6 @@ pub use session::{ClientType, CloseReason, ServerSession, SessionConfig, Tick};
 pub use shared::{AckMode, ConnId, FaultState, PushRecord, ServerStats};
 pub use store::{MemoryStore, SessionStore, StoreError};
 
-use crate::crypto::RsaDecryptor;
-use crate::proto::BodyLimits;
-
 /// Everything [`Server::start`] needs. [`ServerConfig::new`] gives the real server's defaults
 /// on an ephemeral loopback port.
 #[derive(Debug)]
@@ -46,22 +43,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin API address; `None` for no admin API.
     pub admin: Option<SocketAddr>,
-    /// The RSA private key handshakes are decrypted with.
-    pub rsa: RsaDecryptor,
-    /// `min-heartbeat`, ms (default 3 minutes).
-    pub min_heartbeat_ms: i32,
-    /// `max-heartbeat`, ms (default 3 minutes).
-    pub max_heartbeat_ms: i32,
-    /// `session-expired-time`, seconds (default 1 day).
-    pub session_expire_secs: u32,
-    /// `max-packet-size`, `compress-threshold` and the inflate cap.
-    pub limits: BodyLimits,
-    /// Reproduce the sessionId quirk (PROTOCOL.md 7).
-    pub sessionid_quirk: bool,
-    /// Answer HTTP_PROXY with 502 (default) instead of ERROR 101.
-    pub http_proxy: bool,
-    /// Idle-check period before a handshake, ms (the real server: 10 s).
-    pub pre_handshake_heartbeat_ms: u32,
+    /// What every connection's session shares: key, heartbeats, expiry, limits, quirks.
+    pub session: SessionConfig,
     /// Runtime worker threads (`None`: one per core).
     pub workers: Option<usize>,
 }
@@ -72,14 +55,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
-            rsa: RsaDecryptor::mpush_default(),
-            min_heartbeat_ms: DEFAULT_HEARTBEAT_MS,
-            max_heartbeat_ms: DEFAULT_HEARTBEAT_MS,
-            session_expire_secs: DEFAULT_SESSION_EXPIRE_SECS,
-            limits: BodyLimits::default(),
-            sessionid_quirk: false,
-            http_proxy: true,
-            pre_handshake_heartbeat_ms: session::PRE_HANDSHAKE_HEARTBEAT_MS,
+            session: SessionConfig::default(),
             workers: None,
         }
     }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::admin;
 use super::conn;
-use super::session::{CloseReason, SessionConfig};
+use super::session::CloseReason;
 use super::shared::{AckMode, ConnCmd, FaultState, PushRecord, ServerStats, Shared};
 use super::store::{MemoryStore, SessionStore, StoreError};
 use super::ServerConfig;
@@ -76,16 +76,7 @@ impl Server {
             builder.worker_threads(n.max(1));
         }
         let rt = builder.build()?;
-        let cfg = Arc::new(SessionConfig {
-            rsa: config.rsa,
-            min_heartbeat_ms: config.min_heartbeat_ms,
-            max_heartbeat_ms: config.max_heartbeat_ms,
-            session_expire_secs: config.session_expire_secs,
-            limits: config.limits,
-            sessionid_quirk: config.sessionid_quirk,
-            http_proxy: config.http_proxy,
-            pre_handshake_heartbeat_ms: config.pre_handshake_heartbeat_ms,
-        });
+        let cfg = Arc::new(config.session);
         let shared = Arc::new(Shared::new(cfg, store));
         let (listener, admin_listener) = rt.block_on(async {
             let listener = listen(config.listen)?;

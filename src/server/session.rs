@@ -70,6 +70,22 @@ pub struct SessionConfig {
     pub pre_handshake_heartbeat_ms: u32,
 }
 
+impl Default for SessionConfig {
+    /// The real server's defaults (`conf/reference.conf`) with MPUSH's default key pair.
+    fn default() -> Self {
+        SessionConfig {
+            rsa: RsaDecryptor::mpush_default(),
+            min_heartbeat_ms: super::DEFAULT_HEARTBEAT_MS,
+            max_heartbeat_ms: super::DEFAULT_HEARTBEAT_MS,
+            session_expire_secs: super::DEFAULT_SESSION_EXPIRE_SECS,
+            limits: BodyLimits::default(),
+            sessionid_quirk: false,
+            http_proxy: true,
+            pre_handshake_heartbeat_ms: PRE_HANDSHAKE_HEARTBEAT_MS,
+        }
+    }
+}
+
 impl SessionConfig {
     /// `ConfigTools.getHeartbeat`: `max(min, min(client max, max))`. The client's min is not
     /// used by the real server either.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use md5::{Digest, Md5};
 use mpush_fleet::crypto::AesCipher;
 use mpush_fleet::proto::message::*;
@@ -299,5 +299,4 @@ fn long_tags_vector_exceeds_the_default_limit() {
         .unwrap();
     let mut buf = BytesMut::from(&unhex(&v["wire_hex"])[..]);
     assert!(FrameDecoder::default().decode(&mut buf).is_err());
-    let _ = Bytes::new();
 }

@@ -430,6 +430,25 @@ fn garbage_closes_this_connection_with_a_decode_error() {
 }
 
 #[test]
+fn an_undecodable_stream_gives_the_connection_up() {
+    let mut s = Script::new();
+    s.handshake(10_000);
+    s.effects();
+    // A header announcing a body over the limit: the stream cannot be resynchronised.
+    let mut wire = BytesMut::from(&[0x7F, 0xFF, 0xFF, 0xFF, 15, 0, 0, 0, 0, 0, 0, 1, 0][..]);
+    let err = FrameDecoder::default().decode(&mut wire).unwrap_err();
+    s.with(|d, ctx| d.handle_stream_error(ctx, err.clone()));
+    assert_eq!(s.effects(), vec![Effect::Close(CloseReason::Decode(err))]);
+    assert_eq!(
+        (s.device.phase(), s.stats.counters.decode_errors),
+        (Phase::Backoff, 1)
+    );
+    // Not connected any more: a second report is stale and changes nothing.
+    s.with(|d, ctx| d.handle_stream_error(ctx, DecodeError::NegativeLength(-1)));
+    assert!(s.effects().is_empty());
+}
+
+#[test]
 fn a_silent_server_times_the_request_out() {
     let mut s = Script::new();
     s.connect(None);

@@ -291,13 +291,14 @@ impl Shard {
 
     fn take_tickets(&mut self) {
         self.store.drain_ready(&mut self.loaded);
-        let loaded = std::mem::take(&mut self.loaded);
-        for l in &loaded {
-            let ticket = l.ticket.clone();
-            self.call(l.token, |d, ctx| d.handle_event(ctx, Event::Ticket(ticket)));
+        // Moved out and back so the buffer is reused and each ticket moves, uncloned.
+        let mut loaded = std::mem::take(&mut self.loaded);
+        for l in loaded.drain(..) {
+            self.call(l.token, |d, ctx| {
+                d.handle_event(ctx, Event::Ticket(l.ticket))
+            });
         }
         self.loaded = loaded;
-        self.loaded.clear();
         let c = self.store.take_counters();
         self.stats.counters.tickets_saved += c.saved;
         self.stats.counters.ticket_errors += c.errors;
@@ -413,6 +414,9 @@ impl Shard {
     }
 
     fn drain_backlog(&mut self) {
+        if self.backlog.is_empty() && self.paused.is_empty() {
+            return;
+        }
         let Some(sink) = self.cfg.sink.clone() else {
             return;
         };

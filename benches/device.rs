@@ -1,5 +1,5 @@
 //! Heartbeats over 100,000 devices, no sockets: the device state machine alone, driven as a
-//! shard drives it (one `Output`, one RNG, one `ShardStats` for all devices).
+//! shard drives it (one `Shared`, one `Transmit` for all devices; every input followed by the polls).
 //!
 //! Every device is brought online by a fast connect with a ticket (Start, Ticket, Connected,
 //! FastConnectOk) and bound (OK to its Bind), with connects spread over a second. One bench
@@ -17,22 +17,21 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mpush_fleet::crypto::AesCipher;
-use mpush_fleet::device::{Ctx, Device, DeviceConfig, Event, Output, Phase, Tick};
+use mpush_fleet::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
 use mpush_fleet::proto::message::{Message, OkReply};
 use mpush_fleet::proto::{encode_frame, Cmd, Flags, FrameDecoder, MsgId, Unit};
-use mpush_fleet::stats::ShardStats;
 use mpush_fleet::tickets::format::ClientTicket;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 const DEVICES: u32 = 100_000;
 const HEARTBEAT_MS: i32 = 180_000;
-const ECHO_MS: u32 = 20;
+const ECHO_MS: u64 = 20;
 const WALL_BASE_MS: i64 = 1_764_115_200_000;
 
 /// Counts live heap bytes, to measure what the fleet keeps allocated.
@@ -66,32 +65,25 @@ static ALLOC: Counting = Counting;
 
 /// The shard side: everything a device call needs except the device.
 struct Shard {
-    cfg: DeviceConfig,
-    rng: StdRng,
-    out: Output,
-    stats: ShardStats,
+    sh: Shared,
+    tx: Transmit,
+    out: BytesMut,
 }
 
 impl Shard {
-    fn call(&mut self, device: &mut Device, now: Tick, f: impl FnOnce(&mut Device, &mut Ctx<'_>)) {
-        let mut ctx = Ctx {
-            now,
-            now_us: u64::from(now.0) * 1_000,
-            wall_ms: WALL_BASE_MS + i64::from(now.0),
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            out: &mut self.out,
-            stats: &mut self.stats,
-        };
-        f(device, &mut ctx);
-    }
-
-    /// What the shell does after each call: the bytes go to the socket, the effects are
-    /// handled (here, dropped).
-    fn flush(&mut self) {
-        self.out.seal_inline();
-        self.out.tx.clear();
-        self.out.effects.clear();
+    /// One input at `now`, then the polls a shell makes after every input: the bytes go to
+    /// "the socket" (`out`, cleared by the caller), the effects are dropped.
+    fn call(
+        &mut self,
+        device: &mut Device,
+        now: Tick,
+        f: impl FnOnce(&mut Device, Now, &mut Shared),
+    ) {
+        let now = Now::at_ms(now.0, WALL_BASE_MS);
+        f(device, now, &mut self.sh);
+        while device.poll_transmit(now, &mut self.sh, &mut self.tx) {}
+        self.tx.seal_inline_into(&mut self.out);
+        while device.poll_effect().is_some() {}
     }
 }
 
@@ -133,24 +125,22 @@ fn build_fleet(shard: &mut Shard) -> Vec<Device> {
     let mut devices = Vec::with_capacity(DEVICES as usize);
     for i in 0..DEVICES {
         let mut d = Device::new(i);
-        let now = Tick(1_000 + i % 1_000);
+        let now = Tick(1_000 + u64::from(i % 1_000));
         let ticket = ClientTicket {
             session_id: format!("{i:032x}"),
             expire_time_ms: WALL_BASE_MS + 86_400_000,
-            cipher: AesCipher::new(shard.rng.gen(), shard.rng.gen()),
+            cipher: AesCipher::new(shard.sh.rng.gen(), shard.sh.rng.gen()),
         };
         for ev in [Event::Start, Event::Ticket(Some(ticket)), Event::Connected] {
-            shard.call(&mut d, now, |d, ctx| d.handle_event(ctx, ev));
+            shard.call(&mut d, now, |d, now, sh| d.handle_event(now, sh, ev));
         }
-        shard.flush();
-        shard.call(&mut d, now, |d, ctx| {
-            d.handle_frame(ctx, fast_ok.clone(), None)
+        shard.call(&mut d, now, |d, now, sh| {
+            d.handle_frame(now, sh, fast_ok.clone())
         });
-        shard.flush();
-        shard.call(&mut d, now, |d, ctx| {
-            d.handle_frame(ctx, bind_ok.clone(), None)
+        shard.call(&mut d, now, |d, now, sh| {
+            d.handle_frame(now, sh, bind_ok.clone())
         });
-        shard.flush();
+        shard.out.clear();
         devices.push(d);
     }
     devices
@@ -163,13 +153,15 @@ fn heartbeat_period(shard: &mut Shard, devices: &mut [Device], end: Tick) -> (u6
     let mut beats = 0;
     for d in devices.iter_mut() {
         while let Some(due) = d.poll_timeout().filter(|&t| t <= end) {
-            shard.call(d, due, |d, ctx| d.handle_timeout(ctx));
+            shard.call(d, due, |d, now, sh| d.handle_timeout(now, sh));
             timeouts += 1;
-            let sent = !shard.out.tx.is_empty();
-            shard.out.tx.clear();
+            let sent = !shard.out.is_empty();
+            shard.out.clear();
             if sent {
                 beats += 1;
-                shard.call(d, due.after(ECHO_MS), |d, ctx| d.handle_heartbeat(ctx));
+                shard.call(d, due.after(ECHO_MS), |d, now, sh| {
+                    d.handle_heartbeat(now, sh)
+                });
             }
         }
     }
@@ -177,15 +169,15 @@ fn heartbeat_period(shard: &mut Shard, devices: &mut [Device], end: Tick) -> (u6
 }
 
 fn heartbeats(c: &mut Criterion) {
+    let cfg = DeviceConfig {
+        min_heartbeat: HEARTBEAT_MS,
+        max_heartbeat: HEARTBEAT_MS,
+        ..Default::default()
+    };
     let mut shard = Shard {
-        cfg: DeviceConfig {
-            min_heartbeat: HEARTBEAT_MS,
-            max_heartbeat: HEARTBEAT_MS,
-            ..Default::default()
-        },
-        rng: StdRng::seed_from_u64(1),
-        out: Output::new(10 * 1024),
-        stats: ShardStats::default(),
+        sh: Shared::new(Arc::new(cfg), 1),
+        tx: Transmit::new(10 * 1024),
+        out: BytesMut::with_capacity(4096),
     };
     let live_before = LIVE.load(Ordering::Relaxed);
     let mut devices = build_fleet(&mut shard);
@@ -207,7 +199,7 @@ fn heartbeats(c: &mut Criterion) {
 
     // Periods end on the heartbeat grid; the first ends once every device's first heartbeat
     // (connect + 179 s) and read check (connect + 180 s) are due.
-    let mut end = Tick(2_000 + HEARTBEAT_MS as u32);
+    let mut end = Tick(2_000 + HEARTBEAT_MS as u64);
     let (t, b) = heartbeat_period(&mut shard, &mut devices, end);
     eprintln!("device: first period: {t} handle_timeout calls, {b} heartbeats");
 
@@ -218,7 +210,7 @@ fn heartbeats(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut took = Duration::ZERO;
             for _ in 0..iters {
-                end = end.after(HEARTBEAT_MS as u32);
+                end = end.after(HEARTBEAT_MS as u64);
                 let start = Instant::now();
                 black_box(heartbeat_period(&mut shard, &mut devices, end));
                 took += start.elapsed();
@@ -231,7 +223,7 @@ fn heartbeats(c: &mut Criterion) {
         .iter()
         .filter(|d| d.phase() == Phase::Online)
         .count();
-    let c = &shard.stats.counters;
+    let c = &shard.sh.stats.counters;
     eprintln!(
         "device: after the bench: {still_online} online; {} heartbeats sent, {} received, \
          {} read timeouts",

@@ -38,6 +38,7 @@ pub mod device;
 pub mod proto;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod sink;
 pub mod stats;
 pub mod tickets;

@@ -10,25 +10,32 @@
 //! - byte 0: configuration. Bit 0: bind after connecting; bit 1: reconnect after a kick;
 //!   bit 2: small limits (256 B bodies, 1 KiB inflated); bit 3: the store loses the ticket
 //!   once online (reconnects handshake, at most twice per input: RSA is slow under the
-//!   fuzzer); bit 4: the shell batch-decrypts CRYPTO frames. The store keeps what the
-//!   device saves and forgets what it deletes.
+//!   fuzzer); bit 4: the shell hands frames over with uniquely owned bodies (copied out of
+//!   its read buffer), so the device decrypts them in place instead of into its arena. The
+//!   store keeps what the device saves and forgets what it deletes.
 //! - byte 1: the FastConnectOk heartbeat, one of [`HEARTBEATS`] (low 3 bits).
 //! - then ops: `0x00..=0x7F` feeds the next `op + 1` bytes as one read from the server;
 //!   `0x80..=0xBF` advances the clock by `((op & 0x3F) + 1) * 250` ms, firing deadlines;
 //!   `0xC0..=0xFF` is a shell event by `op & 0x07`: Closed, ConnectFailed, SinkTook (the
-//!   oldest pending push), Stop, a 200 s jump, batch on/off, Start, SinkTook(arbitrary).
+//!   oldest pending push), Stop, a 200 s jump, owned bodies on/off, Start,
+//!   SinkTook(arbitrary).
+//!
+//! Every input is followed by the polls, in the documented order (transmit, timeout,
+//! effects), as the device's contract requires.
 
 #![no_main]
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mpush_fleet::crypto::{AesCipher, RsaDecryptor, RsaEncryptor};
-use mpush_fleet::device::{Ctx, Device, DeviceConfig, Effect, Event, Opened, Output, Phase, Tick};
+use mpush_fleet::device::{
+    Device, DeviceConfig, Effect, Event, Now, Phase, Shared, Tick, Transmit,
+};
 use mpush_fleet::proto::{encode_frame, BodyLimits, Cmd, Flags, FrameDecoder, MsgId, Unit};
-use mpush_fleet::stats::{Counters, ShardStats};
+use mpush_fleet::stats::Counters;
 use mpush_fleet::tickets::format::ClientTicket;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -38,8 +45,8 @@ const WALL_BASE_MS: i64 = 1_764_115_200_000;
 
 /// One configuration per combination of the first byte's low 3 bits: parsing the RSA key
 /// once, not per input.
-fn configs() -> &'static [DeviceConfig] {
-    static CONFIGS: OnceLock<Vec<DeviceConfig>> = OnceLock::new();
+fn configs() -> &'static [Arc<DeviceConfig>] {
+    static CONFIGS: OnceLock<Vec<Arc<DeviceConfig>>> = OnceLock::new();
     CONFIGS.get_or_init(|| {
         // A 512-bit key: the handshake's RSA is the crypto module's to fuzz, and at 1024 bits
         // its bignum loops (traced compares) cost more than everything else in an input.
@@ -47,22 +54,24 @@ fn configs() -> &'static [DeviceConfig] {
             .map(|k| k.encryptor())
             .unwrap_or_else(|_| RsaEncryptor::mpush_default());
         (0u8..8)
-            .map(|bits| DeviceConfig {
-                bind: bits & 1 != 0,
-                reconnect_on_kick: bits & 2 != 0,
-                limits: if bits & 4 != 0 {
-                    BodyLimits {
-                        max_body: 256,
-                        compress_threshold: 128,
-                        max_inflated: 1024,
-                    }
-                } else {
-                    BodyLimits::default()
-                },
-                min_heartbeat: 10_000,
-                max_heartbeat: 180_000,
-                rsa: rsa.clone(),
-                ..Default::default()
+            .map(|bits| {
+                Arc::new(DeviceConfig {
+                    bind: bits & 1 != 0,
+                    reconnect_on_kick: bits & 2 != 0,
+                    limits: if bits & 4 != 0 {
+                        BodyLimits {
+                            max_body: 256,
+                            compress_threshold: 128,
+                            max_inflated: 1024,
+                        }
+                    } else {
+                        BodyLimits::default()
+                    },
+                    min_heartbeat: 10_000,
+                    max_heartbeat: 180_000,
+                    rsa: rsa.clone(),
+                    ..Default::default()
+                })
             })
             .collect()
     })
@@ -96,10 +105,9 @@ fn is_connected(phase: Phase) -> bool {
 /// The device and everything the shell keeps for it.
 struct Shell {
     device: Device,
-    cfg: &'static DeviceConfig,
-    rng: StdRng,
-    out: Output,
-    stats: ShardStats,
+    sh: Shared,
+    tx: Transmit,
+    wire: BytesMut,
     now: Tick,
     rx: BytesMut,
     decoder: FrameDecoder,
@@ -109,48 +117,52 @@ struct Shell {
     /// Loads that may still find nothing: each costs an RSA handshake, so after two the
     /// store "recovers" and answers with the fixed ticket.
     handshakes_left: u8,
-    batch: bool,
+    own_bodies: bool,
     pending_sink: Vec<MsgId>,
 }
 
 impl Shell {
-    /// `stats` comes from the previous input with its counters zeroed: building the HDR
-    /// histograms anew for every input would cost more than running it.
-    fn new(cfg: &'static DeviceConfig, conf: u8, mut stats: ShardStats) -> Self {
-        stats.counters = Counters::default();
+    /// `sh` comes from the previous input, reset: building the HDR histograms anew for every
+    /// input would cost more than running it.
+    fn new(cfg: &Arc<DeviceConfig>, conf: u8, sh: Option<Shared>) -> Self {
+        let mut sh = sh.unwrap_or_else(|| Shared::new(cfg.clone(), 0));
+        sh.cfg = cfg.clone();
+        sh.rng = StdRng::seed_from_u64(u64::from(conf));
+        sh.stats.counters = Counters::default();
         Self {
             device: Device::new(42),
-            cfg,
-            rng: StdRng::seed_from_u64(u64::from(conf)),
-            out: Output::new(cfg.limits.compress_threshold),
-            stats,
+            tx: Transmit::new(cfg.limits.compress_threshold),
+            wire: BytesMut::new(),
+            sh,
             now: Tick(1_000),
             rx: BytesMut::new(),
             decoder: FrameDecoder::new(cfg.limits.max_body),
             socket_open: false,
             stored: Some(ticket()),
             handshakes_left: 2,
-            batch: conf & 0x10 != 0,
+            own_bodies: conf & 0x10 != 0,
             pending_sink: Vec::new(),
         }
     }
 
-    /// Runs one device call, then plays the shell's part until the device is quiet.
-    fn call(&mut self, f: impl FnOnce(&mut Device, &mut Ctx<'_>)) {
-        let mut ctx = Ctx {
-            now: self.now,
-            now_us: u64::from(self.now.0) * 1_000,
-            wall_ms: WALL_BASE_MS + i64::from(self.now.0),
-            cfg: self.cfg,
-            rng: &mut self.rng,
-            out: &mut self.out,
-            stats: &mut self.stats,
-        };
-        f(&mut self.device, &mut ctx);
+    /// Runs one device input, the polls, then plays the shell's part until the device is
+    /// quiet.
+    fn call(&mut self, f: impl FnOnce(&mut Device, Now, &mut Shared)) {
+        let now = Now::at_ms(self.now.0, WALL_BASE_MS);
+        f(&mut self.device, now, &mut self.sh);
         self.check();
-        self.out.seal_inline();
-        self.out.tx.clear();
-        let effects = std::mem::take(&mut self.out.effects);
+        while self.device.poll_transmit(now, &mut self.sh, &mut self.tx) {}
+        assert!(self.tx.is_empty() || self.tx.seal_count() <= 1);
+        self.tx.seal_inline_into(&mut self.wire);
+        assert!(self.tx.is_empty());
+        self.wire.clear();
+        // At most a handful of effects per input; collected first, as answering one feeds
+        // the device again.
+        let mut effects = Vec::new();
+        while let Some(e) = self.device.poll_effect() {
+            effects.push(e);
+        }
+        assert!(effects.len() <= 3, "{effects:?}");
         for effect in effects {
             match effect {
                 Effect::LoadTicket => {
@@ -185,12 +197,12 @@ impl Shell {
     }
 
     fn event(&mut self, ev: Event) {
-        self.call(|d, ctx| d.handle_event(ctx, ev));
+        self.call(|d, now, sh| d.handle_event(now, sh, ev));
     }
 
     fn check(&self) {
         let phase = self.device.phase();
-        let c = &self.stats.counters;
+        let c = &self.sh.stats.counters;
         assert_eq!(c.connections, i64::from(is_connected(phase)), "{phase:?}");
         assert_eq!(c.online, i64::from(phase == Phase::Online), "{phase:?}");
         if is_connected(phase) || phase == Phase::Backoff {
@@ -209,7 +221,7 @@ impl Shell {
             }
             self.now = self.now.max(due);
             let before = self.device.phase();
-            self.call(|d, ctx| d.handle_timeout(ctx));
+            self.call(|d, now, sh| d.handle_timeout(now, sh));
             // A deadline that stays due without a change of phase would spin the wheel.
             if let Some(next) = self.device.poll_timeout() {
                 assert!(
@@ -231,20 +243,12 @@ impl Shell {
         while self.socket_open {
             match self.decoder.decode(&mut self.rx) {
                 Ok(None) => break,
-                Ok(Some(Unit::Heartbeat)) => self.call(|d, ctx| d.handle_heartbeat(ctx)),
-                Ok(Some(Unit::Frame(frame))) => {
-                    let opened = if self.batch
-                        && frame.flags.contains(Flags::CRYPTO)
-                        && !frame.body.is_empty()
-                    {
-                        self.device.cipher_for_open().map(|(c, generation)| Opened {
-                            generation,
-                            body: c.decrypt(&frame.body).map(Into::into),
-                        })
-                    } else {
-                        None
-                    };
-                    self.call(|d, ctx| d.handle_frame(ctx, frame, opened));
+                Ok(Some(Unit::Heartbeat)) => self.call(|d, now, sh| d.handle_heartbeat(now, sh)),
+                Ok(Some(Unit::Frame(mut frame))) => {
+                    if self.own_bodies {
+                        frame.body = Bytes::copy_from_slice(&frame.body);
+                    }
+                    self.call(|d, now, sh| d.handle_frame(now, sh, frame));
                 }
                 Err(_) => {
                     // The stream cannot be resynchronised: the shell drops the connection.
@@ -274,10 +278,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     thread_local! {
-        static STATS: RefCell<Option<ShardStats>> = const { RefCell::new(None) };
+        static SHARED: RefCell<Option<Shared>> = const { RefCell::new(None) };
     }
-    let stats = STATS.with(|s| s.borrow_mut().take()).unwrap_or_default();
-    let mut shell = Shell::new(&configs()[usize::from(conf & 0x07)], *conf, stats);
+    let sh = SHARED.with(|s| s.borrow_mut().take());
+    let mut shell = Shell::new(&configs()[usize::from(conf & 0x07)], *conf, sh);
     shell.bring_online(HEARTBEATS[usize::from(hb & 0x07)]);
     if conf & 0x08 != 0 {
         shell.stored = None;
@@ -293,7 +297,7 @@ fuzz_target!(|data: &[u8]| {
                 i = end;
             }
             0x80..=0xBF => {
-                let t = shell.now.after((u32::from(op & 0x3F) + 1) * 250);
+                let t = shell.now.after((u64::from(op & 0x3F) + 1) * 250);
                 shell.run_until(t);
             }
             _ => match op & 0x07 {
@@ -314,11 +318,11 @@ fuzz_target!(|data: &[u8]| {
                     let t = shell.now.after(200_000);
                     shell.run_until(t);
                 }
-                5 => shell.batch = !shell.batch,
+                5 => shell.own_bodies = !shell.own_bodies,
                 6 => shell.event(Event::Start),
                 _ => shell.event(Event::SinkTook(MsgId(i32::from(op)))),
             },
         }
     }
-    STATS.with(|s| *s.borrow_mut() = Some(shell.stats));
+    SHARED.with(|s| *s.borrow_mut() = Some(shell.sh));
 });

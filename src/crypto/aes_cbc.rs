@@ -76,6 +76,16 @@ impl AesCipher {
         }
     }
 
+    /// Decrypts `buf` in place and returns the plaintext length (the padding is left at
+    /// the tail for the caller to truncate).
+    ///
+    /// # Errors
+    /// As [`Self::decrypt_to`]; on error `buf` holds garbage.
+    pub fn decrypt_in_place(&self, buf: &mut [u8]) -> Result<usize, CryptoError> {
+        check_ct_len(buf.len())?;
+        decrypt_in_place(&self.key, &self.iv, buf)
+    }
+
     /// Encrypts `plain` into a new vector.
     pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
         let mut out = vec![0; Self::encrypted_len(plain.len())];
@@ -207,6 +217,9 @@ mod tests {
             c.decrypt_to(&ct, &mut out).unwrap();
             assert_eq!(&out[..2], b"xy");
             assert_eq!(&out[2..], &plain[..]);
+            let mut buf = ct.clone();
+            let n = c.decrypt_in_place(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &plain[..]);
         }
     }
 

@@ -1,268 +1,253 @@
-//! The transitions of [`Device`]: PROTOCOL.md section 6, step by step.
+//! The inputs of [`Device`] and its transitions: PROTOCOL.md section 6, step by step.
+//!
+//! An input changes state, sets timers and records what is owed (see `state::Owed`); the
+//! bytes and effects themselves are made when the shell polls (`poll.rs`).
 
-use bytes::Bytes;
-use rand::{Rng, RngCore};
+use rand::RngCore;
 
-use super::{CloseReason, Ctx, Delivery, Device, Effect, Event, Opened, Phase, Tick};
-use crate::crypto::{mix_keys, AesCipher, KEY_LEN};
-use crate::proto::message::{
-    Ack, Bind, ErrorCode, FastConnect, Handshake, ServerMessage, UserBinding,
+use super::state::{
+    Down, ExpectConnect, ExpectFastConnectOk, ExpectHandshakeOk, Held, Online, Owed, State, Timer,
 };
-use crate::proto::pipeline::{finish_decrypted, finish_open, open_body, Encoder};
-use crate::proto::{encode_frame, Cmd, DecodeError, Flags, Frame, MsgId};
+use super::{CloseReason, Delivery, Device, Event, Now, Shared};
+use crate::crypto::{mix_keys, AesCipher, KEY_LEN};
+use crate::proto::message::{ErrorCode, ServerMessage};
+use crate::proto::pipeline::open_body_into;
+use crate::proto::{Cmd, DecodeError, Flags, Frame, MsgId};
 use crate::stats::Latency;
-use crate::tickets::format::ClientTicket;
 
 /// Heartbeats below this are clamped: a server that asks for 0 ms must not cause a storm.
 const MIN_HEARTBEAT_MS: u32 = 100;
 
 /// When to send a heartbeat after the last write. The reference clients use heartbeat - 1 s;
 /// below 2 s that would leave no margin (or be 0), so short heartbeats use half the period.
-fn heartbeat_interval(heartbeat_ms: u32) -> u32 {
-    if heartbeat_ms > 2_000 {
+fn heartbeat_interval(heartbeat_ms: u32) -> u64 {
+    u64::from(if heartbeat_ms > 2_000 {
         heartbeat_ms - 1_000
     } else {
         heartbeat_ms / 2
-    }
+    })
 }
 
 impl Device {
     /// Feeds an event from the shell. Events that do not fit the current phase (a late
     /// connect result, a close after the device already gave the connection up) are ignored.
-    pub fn handle_event(&mut self, ctx: &mut Ctx<'_>, event: Event) {
-        match (self.phase, event) {
-            (Phase::Idle, Event::Start) => {
-                ctx.stats.counters.devices_started += 1;
-                self.begin(ctx);
+    pub fn handle_event(&mut self, now: Now, sh: &mut Shared, event: Event) {
+        match (&mut self.state, event) {
+            (State::Idle, Event::Start) => {
+                sh.stats.counters.devices_started += 1;
+                self.begin();
             }
-            (Phase::ExpectTicket, Event::Ticket(ticket)) => {
-                let usable = ticket.filter(|t| t.expire_time_ms > ctx.wall_ms);
+            (State::ExpectTicket, Event::Ticket(ticket)) => {
+                let usable = ticket.filter(|t| t.expire_time_ms > now.wall_ms);
                 if usable.is_some() {
-                    ctx.stats.counters.tickets_found += 1;
+                    sh.stats.counters.tickets_found += 1;
                 }
-                self.ticket = usable.map(Box::new);
-                self.phase = Phase::ExpectConnect;
-                self.request_sent_us = ctx.now_us;
-                ctx.stats.counters.connects += 1;
-                ctx.out.effects.push(Effect::Connect);
+                self.state = State::ExpectConnect(ExpectConnect {
+                    ticket: usable.map(Box::new),
+                });
+                self.request_sent_us = now.us;
+                sh.stats.counters.connects += 1;
+                self.owed.set(Owed::CONNECT);
             }
-            (Phase::ExpectConnect, Event::Connected) => self.on_connected(ctx),
-            (Phase::ExpectConnect, Event::ConnectFailed) => {
-                ctx.stats.counters.connect_failures += 1;
-                self.ticket = None;
-                self.schedule_reconnect(ctx);
+            (State::ExpectConnect(_), Event::Connected) => self.on_connected(now, sh),
+            (State::ExpectConnect(_), Event::ConnectFailed) => {
+                sh.stats.counters.connect_failures += 1;
+                self.schedule_reconnect(now, sh, None);
             }
-            (phase, Event::Closed) if is_connected(phase) => {
-                ctx.stats.counters.peer_closed += 1;
-                self.connection_down(ctx);
-                self.schedule_reconnect(ctx);
+            (state, Event::Closed) if state.is_connected() => {
+                sh.stats.counters.peer_closed += 1;
+                self.connection_down(sh);
+                self.schedule_reconnect(now, sh, None);
             }
-            (Phase::Online, Event::SinkTook(id)) => self.send_ack(ctx, id),
-            (phase, Event::Stop) => {
-                if is_connected(phase) {
-                    ctx.out.effects.push(Effect::Close(CloseReason::Stopped));
-                    self.connection_down(ctx);
+            (State::Online(_), Event::SinkTook(id)) => self.owe_ack(now, sh, id),
+            (state, Event::Stop) => {
+                let close = state.is_connected().then_some(CloseReason::Stopped);
+                if close.is_some() {
+                    self.connection_down(sh);
                 }
-                self.ticket = None;
-                self.phase = Phase::Stopped;
-                self.clear_timers();
+                self.owed.clear(Owed::TRANSMIT);
+                self.state = State::Stopped(Down { close });
+                self.timers.clear();
             }
             _ => {}
         }
     }
 
     /// A `0xDF` heartbeat byte arrived.
-    pub fn handle_heartbeat(&mut self, ctx: &mut Ctx<'_>) {
-        if !is_connected(self.phase) {
+    pub fn handle_heartbeat(&mut self, now: Now, sh: &mut Shared) {
+        if !self.state.is_connected() {
             return;
         }
-        self.last_read = ctx.now;
-        ctx.stats.counters.heartbeats_received += 1;
-        if self.heartbeat_sent_us != 0 {
-            let rtt = ctx.now_us.saturating_sub(self.heartbeat_sent_us);
-            ctx.stats.latencies.record(Latency::HeartbeatRtt, rtt);
-            self.heartbeat_sent_us = 0;
+        self.last_read = now.tick();
+        sh.stats.counters.heartbeats_received += 1;
+        if let State::Online(o) = &mut self.state {
+            if o.heartbeat_sent_us != 0 {
+                let rtt = now.us.saturating_sub(o.heartbeat_sent_us);
+                sh.stats.latencies.record(Latency::HeartbeatRtt, rtt);
+                o.heartbeat_sent_us = 0;
+            }
         }
     }
 
-    /// A whole frame arrived, body still as on the wire; `opened` is the shell's batch
-    /// decryption of it, if it did one.
-    pub fn handle_frame(&mut self, ctx: &mut Ctx<'_>, frame: Frame, opened: Option<Opened>) {
-        if !is_connected(self.phase) {
+    /// A whole frame arrived, body still as on the wire (sealed): the device decrypts it
+    /// with its connection's cipher.
+    pub fn handle_frame(&mut self, now: Now, sh: &mut Shared, frame: Frame) {
+        if !self.state.is_connected() {
             return;
         }
-        self.last_read = ctx.now;
-        let body = match self.open(&frame, opened, ctx.cfg.limits.max_inflated) {
+        self.last_read = now.tick();
+        let max = sh.cfg.limits.max_inflated;
+        let cipher = self.state.cipher();
+        let body = match open_body_into(frame.flags, frame.body, cipher, max, &mut sh.rx) {
             Ok(body) => body,
-            Err(e) => return self.fail_decode(ctx, e),
+            Err(e) => return self.fail_decode(now, sh, e),
         };
         let msg = match ServerMessage::decode(frame.cmd, body) {
             Ok(msg) => msg,
-            Err(e) => return self.fail_decode(ctx, e),
+            Err(e) => return self.fail_decode(now, sh, e),
         };
-        self.on_message(ctx, frame.msg_id, frame.flags, msg);
+        self.on_message(now, sh, frame.msg_id, frame.flags, msg);
     }
 
     /// The stream itself could not be decoded (a header announcing a negative or over-limit
     /// body): the connection cannot be resynchronised, so it is given up.
-    pub fn handle_stream_error(&mut self, ctx: &mut Ctx<'_>, error: DecodeError) {
-        if is_connected(self.phase) {
-            self.fail_decode(ctx, error);
+    pub fn handle_stream_error(&mut self, now: Now, sh: &mut Shared, error: DecodeError) {
+        if self.state.is_connected() {
+            self.fail_decode(now, sh, error);
         }
     }
 
-    /// A deadline may have passed. Early or repeated calls do nothing.
-    pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
-        let now = ctx.now;
-        if self.deadline <= now {
-            self.deadline = Tick::NEVER;
-            match self.phase {
-                Phase::ExpectFastConnectOk | Phase::ExpectHandshakeOk => {
-                    ctx.stats.counters.request_timeouts += 1;
-                    return self.close(ctx, CloseReason::RequestTimeout);
+    /// A deadline may have passed. Early or repeated calls do nothing. Afterwards every
+    /// deadline is later than `now` (or unset), so a shell re-arming from
+    /// [`Device::poll_timeout`] cannot spin.
+    pub fn handle_timeout(&mut self, now: Now, sh: &mut Shared) {
+        let t = now.tick();
+        if self.timers.expired(Timer::Request, t) {
+            match &mut self.state {
+                State::ExpectFastConnectOk(_) | State::ExpectHandshakeOk(_) => {
+                    sh.stats.counters.request_timeouts += 1;
+                    return self.close(now, sh, CloseReason::RequestTimeout);
                 }
-                Phase::Online if !self.bound => {
-                    if self.bind_tries <= ctx.cfg.bind_retries {
-                        self.send_bind(ctx);
+                State::Online(o) if !o.bound => {
+                    if o.bind_tries <= sh.cfg.bind_retries {
+                        self.send_bind(now, sh);
                     } else {
-                        ctx.stats.counters.request_timeouts += 1;
-                        return self.close(ctx, CloseReason::RequestTimeout);
+                        sh.stats.counters.request_timeouts += 1;
+                        return self.close(now, sh, CloseReason::RequestTimeout);
                     }
                 }
-                Phase::Backoff => return self.begin(ctx),
                 _ => {}
             }
         }
-        if self.phase != Phase::Online {
-            return;
+        if self.timers.expired(Timer::Backoff, t) && matches!(self.state, State::Backoff(_)) {
+            return self.begin();
         }
-        if self.read_check <= now {
+        let State::Online(o) = &mut self.state else {
+            return;
+        };
+        let hb = u64::from(self.heartbeat_ms);
+        if self.timers.expired(Timer::ReadCheck, t) {
             // PROTOCOL.md 6.5: give up after two consecutive checks that found nothing read
             // for heartbeat + 1 s.
-            if now.since(self.last_read) > self.heartbeat_ms + 1_000 {
-                self.missed_reads += 1;
-                if self.missed_reads >= 2 {
-                    ctx.stats.counters.read_timeouts += 1;
-                    return self.close(ctx, CloseReason::ReadTimeout);
+            if t.since(self.last_read) > hb + 1_000 {
+                o.missed_reads += 1;
+                if o.missed_reads >= 2 {
+                    sh.stats.counters.read_timeouts += 1;
+                    return self.close(now, sh, CloseReason::ReadTimeout);
                 }
             } else {
-                self.missed_reads = 0;
+                o.missed_reads = 0;
             }
-            self.read_check = now.after(self.heartbeat_ms);
+            self.timers.set(Timer::ReadCheck, t.after(hb));
         }
-        if self.heartbeat_due <= now {
+        if self.timers.expired(Timer::Heartbeat, t) {
             let interval = heartbeat_interval(self.heartbeat_ms);
-            if now.since(self.last_write) >= interval {
-                ctx.out.heartbeat();
-                self.last_write = now;
-                self.heartbeat_sent_us = ctx.now_us.max(1);
-                ctx.stats.counters.heartbeats_sent += 1;
+            if t.since(self.last_write) >= interval {
+                self.owed.set(Owed::HEARTBEAT);
+                self.last_write = t;
+                o.heartbeat_sent_us = now.us.max(1);
+                sh.stats.counters.heartbeats_sent += 1;
             }
-            self.heartbeat_due = self.last_write.after(interval);
+            self.timers
+                .set(Timer::Heartbeat, self.last_write.after(interval));
         }
     }
 
-    fn begin(&mut self, ctx: &mut Ctx<'_>) {
-        self.phase = Phase::ExpectTicket;
-        self.clear_timers();
-        ctx.out.effects.push(Effect::LoadTicket);
+    fn begin(&mut self) {
+        self.state = State::ExpectTicket;
+        self.owed.clear(Owed::TRANSMIT);
+        self.timers.clear();
+        self.owed.set(Owed::LOAD_TICKET);
     }
 
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        let c = &mut ctx.stats.counters;
+    fn on_connected(&mut self, now: Now, sh: &mut Shared) {
+        let c = &mut sh.stats.counters;
         c.connected += 1;
         c.connections += 1;
-        let took = ctx.now_us.saturating_sub(self.request_sent_us);
-        ctx.stats.latencies.record(Latency::Connect, took);
-        self.last_read = ctx.now;
-        self.last_write = ctx.now;
+        let took = now.us.saturating_sub(self.request_sent_us);
+        sh.stats.latencies.record(Latency::Connect, took);
+        self.last_read = now.tick();
         self.next_msg_id = 0;
-        match self.ticket.take() {
-            Some(ticket) => self.send_fast_connect(ctx, *ticket),
-            None => self.send_handshake(ctx),
+        let ticket = match &mut self.state {
+            State::ExpectConnect(s) => s.ticket.take(),
+            _ => None,
+        };
+        match ticket {
+            Some(ticket) => {
+                self.state = State::ExpectFastConnectOk(ExpectFastConnectOk { ticket });
+                self.await_reply(now, sh);
+            }
+            None => self.send_handshake(now, sh),
         }
     }
 
-    fn send_fast_connect(&mut self, ctx: &mut Ctx<'_>, ticket: ClientTicket) {
-        let msg = FastConnect {
-            session_id: ticket.session_id,
-            device_id: ctx.cfg.device_id.render(self.index.into()),
-            min_heartbeat: ctx.cfg.min_heartbeat,
-            max_heartbeat: ctx.cfg.max_heartbeat,
-        };
-        let id = self.next_id();
-        ctx.out.raw(&msg, id, Flags::NONE);
-        // The seed client switches to the ticket's cipher once FastConnect is sent.
-        self.set_cipher(Some(ticket.cipher));
-        self.await_reply(ctx, Phase::ExpectFastConnectOk);
-    }
-
-    fn send_handshake(&mut self, ctx: &mut Ctx<'_>) {
+    fn send_handshake(&mut self, now: Now, sh: &mut Shared) {
         let mut client_key = [0u8; KEY_LEN];
         let mut iv = [0u8; KEY_LEN];
-        ctx.rng.fill_bytes(&mut client_key);
-        ctx.rng.fill_bytes(&mut iv);
-        let msg = Handshake {
-            device_id: ctx.cfg.device_id.render(self.index.into()),
-            os_name: ctx.cfg.os_name.clone(),
-            os_version: ctx.cfg.os_version.clone(),
-            client_version: ctx.cfg.client_version.clone(),
-            iv,
-            client_key,
-            min_heartbeat: ctx.cfg.min_heartbeat,
-            max_heartbeat: ctx.cfg.max_heartbeat,
-            timestamp: ctx.wall_ms,
-        };
-        // "send" with the RSA cipher: deflate above the threshold, then RSA in
-        // modulus-sized chunks, CRYPTO set.
-        let mut encoder = Encoder::new(ctx.cfg.limits.compress_threshold);
-        let (flags, plain) = encoder.plain_body(&msg, Flags::NONE);
-        let sealed = ctx.cfg.rsa.encrypt(ctx.rng, plain);
-        let id = self.next_id();
-        encode_frame(
-            &mut ctx.out.tx,
-            Cmd::Handshake,
-            flags.with(Flags::CRYPTO),
-            id,
-            &sealed,
-        );
-        self.set_cipher(Some(AesCipher::new(client_key, iv)));
-        self.await_reply(ctx, Phase::ExpectHandshakeOk);
+        sh.rng.fill_bytes(&mut client_key);
+        sh.rng.fill_bytes(&mut iv);
+        self.state = State::ExpectHandshakeOk(ExpectHandshakeOk {
+            temp: AesCipher::new(client_key, iv),
+        });
+        self.await_reply(now, sh);
     }
 
-    fn await_reply(&mut self, ctx: &mut Ctx<'_>, phase: Phase) {
-        self.phase = phase;
-        self.last_write = ctx.now;
-        self.request_sent_us = ctx.now_us;
-        self.deadline = ctx.now.after(ctx.cfg.request_timeout_ms);
+    /// The opening request is owed: written at the next poll_transmit, timed from now.
+    fn await_reply(&mut self, now: Now, sh: &Shared) {
+        self.owed.set(Owed::HELLO);
+        self.last_write = now.tick();
+        self.request_sent_us = now.us;
+        let timeout = u64::from(sh.cfg.request_timeout_ms);
+        self.timers.set(Timer::Request, now.tick().after(timeout));
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, id: MsgId, flags: Flags, msg: ServerMessage) {
-        let took = ctx.now_us.saturating_sub(self.request_sent_us);
-        match (self.phase, msg) {
-            (Phase::ExpectHandshakeOk, ServerMessage::HandshakeOk(ok)) => {
-                let Some(temp) = self.cipher.as_ref() else {
-                    return self.fail_decode(ctx, DecodeError::NoCipher);
-                };
-                let session = AesCipher::new(mix_keys(temp.key(), &ok.server_key), *temp.iv());
-                ctx.out.effects.push(Effect::SaveTicket(ClientTicket {
+    fn on_message(
+        &mut self,
+        now: Now,
+        sh: &mut Shared,
+        id: MsgId,
+        flags: Flags,
+        msg: ServerMessage,
+    ) {
+        let took = now.us.saturating_sub(self.request_sent_us);
+        match (&mut self.state, msg) {
+            (State::ExpectHandshakeOk(s), ServerMessage::HandshakeOk(ok)) => {
+                let session = AesCipher::new(mix_keys(s.temp.key(), &ok.server_key), *s.temp.iv());
+                let held = Held::SaveTicket {
                     session_id: ok.session_id,
                     expire_time_ms: ok.expire_time,
-                    cipher: session.clone(),
-                }));
-                self.set_cipher(Some(session));
-                self.resumed = false;
-                ctx.stats.counters.handshakes += 1;
-                ctx.stats.latencies.record(Latency::Handshake, took);
-                self.go_online(ctx, ok.heartbeat);
+                };
+                sh.stats.counters.handshakes += 1;
+                sh.stats.latencies.record(Latency::Handshake, took);
+                self.go_online(now, sh, session, false, held, ok.heartbeat);
             }
-            (Phase::ExpectFastConnectOk, ServerMessage::FastConnectOk(ok)) => {
-                self.resumed = true;
-                ctx.stats.counters.fast_connects += 1;
-                ctx.stats.latencies.record(Latency::FastConnect, took);
-                self.go_online(ctx, ok.heartbeat);
+            (State::ExpectFastConnectOk(s), ServerMessage::FastConnectOk(ok)) => {
+                let cipher = s.ticket.cipher.clone();
+                sh.stats.counters.fast_connects += 1;
+                sh.stats.latencies.record(Latency::FastConnect, took);
+                self.go_online(now, sh, cipher, true, Held::None, ok.heartbeat);
             }
-            (Phase::ExpectFastConnectOk, ServerMessage::Error(e))
+            (State::ExpectFastConnectOk(_), ServerMessage::Error(e))
                 if e.cmd == Cmd::FastConnect as u8
                     && matches!(
                         e.code,
@@ -270,225 +255,131 @@ impl Device {
                     ) =>
             {
                 // PROTOCOL.md 6.2: drop the ticket and handshake on the same connection.
-                ctx.stats.counters.error(e.code.0);
-                ctx.stats.counters.fast_connect_rejected += 1;
-                ctx.out.effects.push(Effect::DeleteTicket);
-                self.set_cipher(None);
-                self.send_handshake(ctx);
+                sh.stats.counters.error(e.code.0);
+                sh.stats.counters.fast_connect_rejected += 1;
+                self.owed.set(Owed::DELETE_TICKET);
+                self.send_handshake(now, sh);
             }
             (_, ServerMessage::Error(e)) if e.code == ErrorCode::REPEAT_HANDSHAKE => {
-                ctx.stats.counters.error(e.code.0);
+                sh.stats.counters.error(e.code.0);
             }
-            (Phase::Online, ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 && !self.bound => {
-                self.bound = true;
-                self.deadline = Tick::NEVER;
-                ctx.stats.counters.bound += 1;
-                ctx.stats.latencies.record(Latency::Bind, took);
+            (State::Online(o), ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 && !o.bound => {
+                o.bound = true;
+                self.timers.stop(Timer::Request);
+                sh.stats.counters.bound += 1;
+                sh.stats.latencies.record(Latency::Bind, took);
             }
-            (Phase::Online, ServerMessage::Push(push)) => {
-                ctx.stats.counters.pushes_received += 1;
+            (State::Online(o), ServerMessage::Push(push)) => {
+                sh.stats.counters.pushes_received += 1;
                 let auto = flags.contains(Flags::AUTO_ACK);
                 let biz = flags.contains(Flags::BIZ_ACK);
-                if auto {
-                    self.send_ack(ctx, id);
-                }
-                ctx.out.effects.push(Effect::Deliver(Delivery {
+                o.held = Held::Deliver(Delivery {
                     msg_id: id,
                     flags,
                     content: push.content,
                     ack_on_take: biz && !auto,
-                }));
-            }
-            (_, ServerMessage::Kick(_)) => {
-                ctx.stats.counters.kicks += 1;
-                self.close(ctx, CloseReason::Kicked);
-            }
-            (Phase::Online, ServerMessage::Heartbeat) => self.handle_heartbeat(ctx),
-            (phase, ServerMessage::Error(e)) => {
-                ctx.stats.counters.error(e.code.0);
-                // An error that answers what this device is waiting for ends the connection;
-                // any other (for an unbind, a proxy request) is only counted.
-                let waiting =
-                    matches!(phase, Phase::ExpectFastConnectOk | Phase::ExpectHandshakeOk)
-                        || (phase == Phase::Online && !self.bound && e.cmd == Cmd::Bind as u8);
-                if waiting {
-                    self.close(
-                        ctx,
-                        CloseReason::ServerError {
-                            cmd: e.cmd,
-                            code: e.code.0,
-                        },
-                    );
+                });
+                if auto {
+                    self.owe_ack(now, sh, id);
                 }
             }
-            (Phase::ExpectFastConnectOk | Phase::ExpectHandshakeOk, other) => {
+            (_, ServerMessage::Kick(_)) => {
+                sh.stats.counters.kicks += 1;
+                self.close(now, sh, CloseReason::Kicked);
+            }
+            (State::Online(_), ServerMessage::Heartbeat) => self.handle_heartbeat(now, sh),
+            (state, ServerMessage::Error(e)) => {
+                sh.stats.counters.error(e.code.0);
+                // An error that answers what this device is waiting for ends the connection;
+                // any other (for an unbind, a proxy request) is only counted.
+                let waiting = match state {
+                    State::ExpectFastConnectOk(_) | State::ExpectHandshakeOk(_) => true,
+                    State::Online(o) => !o.bound && e.cmd == Cmd::Bind as u8,
+                    _ => false,
+                };
+                if waiting {
+                    let reason = CloseReason::ServerError {
+                        cmd: e.cmd,
+                        code: e.code.0,
+                    };
+                    self.close(now, sh, reason);
+                }
+            }
+            (State::ExpectFastConnectOk(_) | State::ExpectHandshakeOk(_), other) => {
                 // Anything but the awaited reply means the peer does not speak this protocol.
-                let cmd = server_cmd(&other);
-                self.close(ctx, CloseReason::Unexpected(cmd));
+                self.close(
+                    now,
+                    sh,
+                    CloseReason::Unexpected(super::down::server_cmd(&other)),
+                );
             }
             // OK for other commands, HTTP responses, commands a client has no use for.
             _ => {}
         }
     }
 
-    fn go_online(&mut self, ctx: &mut Ctx<'_>, heartbeat: i32) {
+    fn go_online(
+        &mut self,
+        now: Now,
+        sh: &mut Shared,
+        cipher: AesCipher,
+        resumed: bool,
+        held: Held,
+        heartbeat: i32,
+    ) {
         let hb = u32::try_from(heartbeat).unwrap_or(0).max(MIN_HEARTBEAT_MS);
-        self.phase = Phase::Online;
+        self.state = State::Online(Online {
+            cipher,
+            bound: false,
+            resumed,
+            bind_tries: 0,
+            missed_reads: 0,
+            heartbeat_sent_us: 0,
+            acks: Default::default(),
+            held,
+        });
         self.heartbeat_ms = hb;
         self.reconnect_attempts = 0;
-        self.missed_reads = 0;
-        self.deadline = Tick::NEVER;
-        self.read_check = ctx.now.after(hb);
-        self.heartbeat_due = self.last_write.after(heartbeat_interval(hb));
-        ctx.stats.counters.online += 1;
-        if self.index_never_online() {
-            ctx.stats.counters.ever_online += 1;
+        self.timers.stop(Timer::Request);
+        self.timers
+            .set(Timer::ReadCheck, now.tick().after(u64::from(hb)));
+        self.timers.set(
+            Timer::Heartbeat,
+            self.last_write.after(heartbeat_interval(hb)),
+        );
+        sh.stats.counters.online += 1;
+        if !std::mem::replace(&mut self.was_online, true) {
+            sh.stats.counters.ever_online += 1;
         }
-        if ctx.cfg.bind {
-            self.bind_tries = 0;
-            self.send_bind(ctx);
+        if sh.cfg.bind {
+            self.send_bind(now, sh);
         }
     }
 
-    fn send_bind(&mut self, ctx: &mut Ctx<'_>) {
-        let id = self.next_id();
-        let Some(cipher) = self.cipher.as_ref() else {
+    fn send_bind(&mut self, now: Now, sh: &Shared) {
+        let State::Online(o) = &mut self.state else {
             return;
         };
-        let msg = Bind(UserBinding {
-            user_id: ctx.cfg.user_id.render(self.index.into()),
-            data: ctx.cfg.bind_data.clone(),
-            tags: ctx.cfg.tags.clone(),
-        });
-        ctx.out.sealed(&msg, id, cipher);
-        self.bind_tries += 1;
-        self.last_write = ctx.now;
-        self.request_sent_us = ctx.now_us;
-        self.deadline = ctx.now.after(ctx.cfg.request_timeout_ms);
+        o.bind_tries += 1;
+        self.owed.set(Owed::BIND);
+        self.last_write = now.tick();
+        self.request_sent_us = now.us;
+        let timeout = u64::from(sh.cfg.request_timeout_ms);
+        self.timers.set(Timer::Request, now.tick().after(timeout));
     }
 
-    fn send_ack(&mut self, ctx: &mut Ctx<'_>, id: MsgId) {
-        ctx.out.raw(&Ack, id, Flags::NONE);
-        ctx.stats.counters.acks_sent += 1;
-        self.last_write = ctx.now;
-    }
-
-    fn open(
-        &self,
-        frame: &Frame,
-        opened: Option<Opened>,
-        max: usize,
-    ) -> Result<Bytes, DecodeError> {
-        if frame.body.is_empty() || !frame.flags.contains(Flags::CRYPTO) {
-            return finish_open(frame.flags, frame.body.clone(), max);
-        }
-        match opened {
-            Some(o) if self.cipher.is_some() && o.generation == self.cipher_generation => {
-                finish_decrypted(frame.flags, o.body?, max)
+    /// An ack is owed (counted now, written at poll_transmit).
+    fn owe_ack(&mut self, now: Now, sh: &mut Shared, id: MsgId) {
+        if let State::Online(o) = &mut self.state {
+            if o.acks.push(id) {
+                sh.stats.counters.acks_sent += 1;
+                self.last_write = now.tick();
             }
-            _ => open_body(frame, self.cipher.as_ref(), max),
         }
     }
 
-    fn fail_decode(&mut self, ctx: &mut Ctx<'_>, e: DecodeError) {
-        ctx.stats.counters.decode_errors += 1;
-        self.close(ctx, CloseReason::Decode(e));
-    }
-
-    /// Gives the connection up: tells the shell, then reconnects later (or stays down after
-    /// a kick, unless configured to reconnect).
-    fn close(&mut self, ctx: &mut Ctx<'_>, reason: CloseReason) {
-        let kicked = reason == CloseReason::Kicked;
-        // A resumed session whose bind failed (ERROR, garbled reply, silence) points at a
-        // ticket the server no longer matches: its key differs from the stored session's.
-        // Drop it, or every reconnect would fast-connect into the same failure.
-        let ticket_suspect = matches!(
-            reason,
-            CloseReason::ServerError { .. } | CloseReason::Decode(_) | CloseReason::RequestTimeout
-        );
-        if self.phase == Phase::Online && self.resumed && !self.bound && ticket_suspect {
-            ctx.out.effects.push(Effect::DeleteTicket);
-        }
-        ctx.out.effects.push(Effect::Close(reason));
-        self.connection_down(ctx);
-        if kicked && !ctx.cfg.reconnect_on_kick {
-            self.phase = Phase::Stopped;
-            self.clear_timers();
-        } else {
-            self.schedule_reconnect(ctx);
-        }
-    }
-
-    fn connection_down(&mut self, ctx: &mut Ctx<'_>) {
-        if self.phase == Phase::Online {
-            ctx.stats.counters.online -= 1;
-        }
-        if is_connected(self.phase) {
-            ctx.stats.counters.connections -= 1;
-        }
-        self.set_cipher(None);
-        self.bound = false;
-        self.heartbeat_sent_us = 0;
-    }
-
-    fn schedule_reconnect(&mut self, ctx: &mut Ctx<'_>) {
-        // Full jitter (uniform in 0..ceiling), ceiling doubling up to the cap: a server restart
-        // spreads the fleet's reconnects instead of synchronising them.
-        self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
-        let shift = u32::from(self.reconnect_attempts.min(17) - 1);
-        let ceiling = ctx
-            .cfg
-            .backoff_base_ms
-            .saturating_mul(1 << shift)
-            .min(ctx.cfg.backoff_cap_ms);
-        let delay = ctx.rng.gen_range(0..=ceiling);
-        ctx.stats.counters.reconnects += 1;
-        self.phase = Phase::Backoff;
-        self.clear_timers();
-        self.deadline = ctx.now.after(delay);
-    }
-
-    fn clear_timers(&mut self) {
-        self.deadline = Tick::NEVER;
-        self.heartbeat_due = Tick::NEVER;
-        self.read_check = Tick::NEVER;
-    }
-
-    fn set_cipher(&mut self, cipher: Option<AesCipher>) {
-        self.cipher = cipher;
-        self.cipher_generation = self.cipher_generation.wrapping_add(1);
-    }
-
-    fn next_id(&mut self) -> MsgId {
+    pub(super) fn next_id(&mut self) -> MsgId {
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
         MsgId(self.next_msg_id)
-    }
-
-    /// Whether this is the device's first time online (for the `ever_online` counter).
-    fn index_never_online(&mut self) -> bool {
-        let first = !self.was_online;
-        self.was_online = true;
-        first
-    }
-}
-
-fn is_connected(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::ExpectFastConnectOk | Phase::ExpectHandshakeOk | Phase::Online
-    )
-}
-
-fn server_cmd(msg: &ServerMessage) -> u8 {
-    match msg {
-        ServerMessage::Heartbeat => Cmd::Heartbeat as u8,
-        ServerMessage::HandshakeOk(_) => Cmd::Handshake as u8,
-        ServerMessage::FastConnectOk(_) => Cmd::FastConnect as u8,
-        ServerMessage::Ok(_) => Cmd::Ok as u8,
-        ServerMessage::Error(_) => Cmd::Error as u8,
-        ServerMessage::Push(_) => Cmd::Push as u8,
-        ServerMessage::Kick(_) => Cmd::Kick as u8,
-        ServerMessage::HttpResponse(_) => Cmd::HttpProxy as u8,
-        ServerMessage::Other(cmd) => *cmd,
     }
 }

@@ -1,74 +1,114 @@
 //! The device: a sans-IO state machine for one MPUSH client session (PROTOCOL.md 6).
 //!
-//! A [`Device`] has no socket, clock, task or RNG of its own. The shard feeds it and drains
-//! it, as quinn's `Connection` is driven:
-//!
-//! - input: [`Device::handle_event`] (start, ticket loaded, connected, closed, sink took a
-//!   push, stop), [`Device::handle_heartbeat`], [`Device::handle_frame`] and
-//!   [`Device::handle_timeout`]. Every input call takes a [`Ctx`]: the time, the shared
-//!   configuration, the RNG, the shard's counters and the caller-owned [`Output`].
-//! - output: bytes and frames to seal land in [`Output`] during the call; effects (connect,
-//!   close, ticket operations, deliveries) in `Output::effects`. After each call the shell
-//!   re-arms its wheel from [`Device::poll_timeout`].
-//!
-//! Frames arrive still sealed; the shell may decrypt them in its batch and pass the result as
-//! [`Opened`]. If the device's cipher changed since (a HandshakeOk earlier in the same read),
-//! the device opens the frame again itself, so batching never changes behaviour.
+//! A [`Device`] has no socket, clock, task or RNG of its own; see its documentation for how a
+//! shell drives it. What all devices of a shard share (configuration, RNG, counters) is one
+//! [`Shared`]; what they write goes into one caller-owned [`Transmit`].
 //!
 //! Must not touch: sockets, clocks, async, Redis, threads.
 #![forbid(unsafe_code)]
 
 mod config;
+mod down;
 mod machine;
-pub mod output;
+mod poll;
+mod state;
+pub mod transmit;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 pub use config::{DeviceConfig, Template};
-pub use output::{Output, Seal};
+pub use transmit::Transmit;
 
-use crate::crypto::AesCipher;
 use crate::proto::{DecodeError, Flags, MsgId};
 use crate::stats::ShardStats;
 use crate::tickets::format::ClientTicket;
 
-/// Milliseconds since the shard started: 4 bytes, 49 days of range.
+use state::{Owed, State, Timers};
+
+/// Milliseconds on the shell's monotonic clock (since it started). u64: no wrap, no
+/// saturation in any run that ends before the sun does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Tick(pub u32);
+pub struct Tick(pub u64);
 
 impl Tick {
     /// No deadline.
-    pub const NEVER: Tick = Tick(u32::MAX);
+    pub const NEVER: Tick = Tick(u64::MAX);
 
-    /// `self + ms`, saturating below [`Tick::NEVER`].
+    /// `self + ms`, saturating below [`Tick::NEVER`] (a deadline is never "no deadline").
     #[must_use]
-    pub fn after(self, ms: u32) -> Tick {
-        Tick(self.0.saturating_add(ms).min(u32::MAX - 1))
+    pub fn after(self, ms: u64) -> Tick {
+        Tick(self.0.saturating_add(ms).min(u64::MAX - 1))
     }
 
     /// Milliseconds from `earlier` to `self` (0 if `earlier` is later).
-    pub fn since(self, earlier: Tick) -> u32 {
+    pub fn since(self, earlier: Tick) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
 }
 
-/// Everything a device call needs from its shard.
-pub struct Ctx<'a> {
-    /// Now, for timers.
-    pub now: Tick,
-    /// Now in microseconds of the same clock, for latency samples.
-    pub now_us: u64,
-    /// Wall clock, ms since the epoch (handshake timestamp, ticket expiry).
+/// Time as the shell hands it in with every call: one monotonic reading and the wall clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic microseconds since the shell started (latency samples).
+    pub us: u64,
+    /// Wall clock, ms since the Unix epoch (handshake timestamp, ticket expiry).
     pub wall_ms: i64,
+}
+
+impl Now {
+    /// The monotonic reading in ms, for deadlines.
+    pub fn tick(self) -> Tick {
+        Tick(self.us / 1_000)
+    }
+
+    /// A simulated clock `ms` after its start, whose wall clock read `wall_at_zero_ms` then.
+    pub fn at_ms(ms: u64, wall_at_zero_ms: i64) -> Now {
+        Now {
+            us: ms.saturating_mul(1_000),
+            wall_ms: wall_at_zero_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// What every device of one shard shares, built once by the shard (and once by a test):
+/// configuration, the seedable RNG (keys, IVs, jitter), the shard's counters and histograms.
+pub struct Shared {
     /// The fleet's device configuration.
-    pub cfg: &'a DeviceConfig,
-    /// Keys, IVs and jitter; seedable, so a scenario replays exactly.
-    pub rng: &'a mut StdRng,
-    /// Where output goes.
-    pub out: &'a mut Output,
-    /// The shard's counters.
-    pub stats: &'a mut ShardStats,
+    pub cfg: Arc<DeviceConfig>,
+    /// Keys, IVs, RSA padding and jitter; seedable, so a scenario replays exactly.
+    pub rng: StdRng,
+    /// The shard's counters and latency histograms.
+    pub stats: ShardStats,
+    /// Where received bodies that cannot be decrypted in place (they still share the read
+    /// buffer) are decrypted: one buffer recycled by all devices, so a delivered push is a
+    /// slice of it and costs no allocation once warm (see
+    /// [`crate::proto::pipeline::open_body_into`]).
+    rx: BytesMut,
+}
+
+impl Shared {
+    /// Shared state for `cfg`, with the RNG seeded from `seed`.
+    pub fn new(cfg: Arc<DeviceConfig>, seed: u64) -> Self {
+        Self {
+            cfg,
+            rng: StdRng::seed_from_u64(seed),
+            stats: ShardStats::default(),
+            rx: BytesMut::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("cfg", &self.cfg)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the shell tells a device.
@@ -102,7 +142,8 @@ pub enum Effect {
     DeleteTicket,
     /// Open a TCP connection; answer with [`Event::Connected`] or [`Event::ConnectFailed`].
     Connect,
-    /// Close the connection (after writing what is queued); the device has already moved on.
+    /// Close the connection after writing what [`Device::poll_transmit`] gave; the device
+    /// has already moved on.
     Close(CloseReason),
     /// Hand a push to the sink; if `ack_on_take`, answer with [`Event::SinkTook`].
     Deliver(Delivery),
@@ -145,16 +186,7 @@ pub enum CloseReason {
     Stopped,
 }
 
-/// A frame body the shell already decrypted in its batch, with the cipher generation it used.
-#[derive(Debug)]
-pub struct Opened {
-    /// [`Device::cipher_for_open`]'s generation at batch time.
-    pub generation: u8,
-    /// The decrypted body, or why it failed.
-    pub body: Result<Bytes, crate::crypto::CryptoError>,
-}
-
-/// Where a device is in its cycle.
+/// Where a device is in its cycle: a summary of its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Not started.
@@ -175,34 +207,42 @@ pub enum Phase {
     Stopped,
 }
 
-/// One device. About 100 bytes; no heap while idle.
+/// One MPUSH client session, driven like quinn's `Connection`.
+///
+/// **Input** (each takes the time as [`Now`] and the shard's [`Shared`]):
+/// [`handle_event`](Self::handle_event) (start, ticket loaded, connected, closed, sink took
+/// a push, stop), [`handle_heartbeat`](Self::handle_heartbeat) (a `0xDF` byte),
+/// [`handle_frame`](Self::handle_frame) (a whole frame, body still sealed: the device
+/// decrypts it), [`handle_stream_error`](Self::handle_stream_error) and
+/// [`handle_timeout`](Self::handle_timeout) (early or repeated calls do nothing).
+///
+/// **Output**, pulled by the shell after *every* input call, in this order:
+/// 1. [`poll_transmit`](Self::poll_transmit) until it returns `false`: appends the bytes to
+///    write (and frames to seal) to the shard's [`Transmit`]. Bytes are generated here (the
+///    handshake is RSA-encrypted, the bind rendered), from small inline state that records
+///    what is owed.
+/// 2. [`poll_timeout`](Self::poll_timeout): the earliest deadline; call `handle_timeout` then.
+/// 3. [`poll_effect`](Self::poll_effect) until `None`. A ticket operation comes before the
+///    `Close` of the same call, and `Close` means "close after writing what poll_transmit
+///    gave you".
+///
+/// The device holds at most one input's worth of output (one hello, one bind, two acks, a
+/// heartbeat; one payload-carrying effect) and no heap queue: output not polled before the
+/// next input may be replaced by it.
 #[derive(Debug)]
 pub struct Device {
     index: u32,
-    phase: Phase,
-    /// The ticket between its load and the connect; boxed, as it lives only that long.
-    ticket: Option<Box<ClientTicket>>,
-    /// The connection's cipher: AES(clientKey, iv) while the handshake reply is awaited,
-    /// then the session key.
-    cipher: Option<AesCipher>,
-    cipher_generation: u8,
-    bound: bool,
-    /// The current session came from a fast connect (its ticket is on trial until the bind).
-    resumed: bool,
-    was_online: bool,
-    bind_tries: u8,
-    missed_reads: u8,
+    owed: Owed,
     reconnect_attempts: u16,
+    was_online: bool,
     heartbeat_ms: u32,
     next_msg_id: i32,
     last_read: Tick,
     last_write: Tick,
-    /// Request, backoff or bind deadline.
-    deadline: Tick,
-    heartbeat_due: Tick,
-    read_check: Tick,
+    /// When the awaited request went out (connect, handshake, fast connect, bind), µs.
     request_sent_us: u64,
-    heartbeat_sent_us: u64,
+    timers: Timers,
+    state: State,
 }
 
 impl Device {
@@ -210,25 +250,16 @@ impl Device {
     pub fn new(index: u32) -> Self {
         Self {
             index,
-            phase: Phase::Idle,
-            ticket: None,
-            cipher: None,
-            cipher_generation: 0,
-            bound: false,
-            resumed: false,
-            was_online: false,
-            bind_tries: 0,
-            missed_reads: 0,
+            owed: Owed::default(),
             reconnect_attempts: 0,
+            was_online: false,
             heartbeat_ms: 0,
             next_msg_id: 0,
             last_read: Tick(0),
             last_write: Tick(0),
-            deadline: Tick::NEVER,
-            heartbeat_due: Tick::NEVER,
-            read_check: Tick::NEVER,
             request_sent_us: 0,
-            heartbeat_sent_us: 0,
+            timers: Timers::default(),
+            state: State::Idle,
         }
     }
 
@@ -239,12 +270,12 @@ impl Device {
 
     /// Where the device is in its cycle.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.state.phase()
     }
 
     /// Whether a bind was acknowledged on the current connection.
     pub fn is_bound(&self) -> bool {
-        self.bound
+        matches!(&self.state, State::Online(o) if o.bound)
     }
 
     /// The heartbeat the server chose, ms (0 before the first session).
@@ -252,15 +283,10 @@ impl Device {
         self.heartbeat_ms
     }
 
-    /// The cipher the shell should decrypt incoming CRYPTO frames with, and its generation.
-    pub fn cipher_for_open(&self) -> Option<(&AesCipher, u8)> {
-        self.cipher.as_ref().map(|c| (c, self.cipher_generation))
-    }
-
     /// The earliest deadline, if any; the shell calls [`Device::handle_timeout`] then.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Tick> {
-        let t = self.deadline.min(self.heartbeat_due).min(self.read_check);
+        let t = self.timers.earliest();
         (t != Tick::NEVER).then_some(t)
     }
 }

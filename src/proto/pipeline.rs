@@ -170,6 +170,48 @@ pub fn open_body(
     finish_decrypted(frame.flags, plain.freeze(), max_inflated)
 }
 
+/// Bytes reserved in an [`open_body_into`] arena at a time: many small bodies share one
+/// allocation, which is reclaimed in place once every slice of it has been dropped.
+pub const RX_ARENA_CHUNK: usize = 16 * 1024;
+
+/// [`open_body`] for a body the caller owns: a uniquely owned CRYPTO body is decrypted in
+/// place (`Bytes::try_into_mut`, then the padding truncated); a shared one (a slice of a
+/// read buffer still in use) is decrypted into `arena` and split off it. Either way the
+/// plaintext is a [`Bytes`] with no allocation once the arena is warm and the slices it
+/// handed out earlier have been dropped.
+///
+/// # Errors
+///
+/// As [`open_body`].
+pub fn open_body_into(
+    flags: Flags,
+    body: Bytes,
+    cipher: Option<&AesCipher>,
+    max_inflated: usize,
+    arena: &mut BytesMut,
+) -> Result<Bytes, DecodeError> {
+    if body.is_empty() || !flags.contains(Flags::CRYPTO) {
+        return finish_open(flags, body, max_inflated);
+    }
+    let cipher = cipher.ok_or(DecodeError::NoCipher)?;
+    let plain = match body.try_into_mut() {
+        Ok(mut own) => {
+            let n = cipher.decrypt_in_place(&mut own)?;
+            own.truncate(n);
+            own.freeze()
+        }
+        Err(shared) => {
+            arena.clear();
+            if arena.capacity() < shared.len() {
+                arena.reserve(shared.len().max(RX_ARENA_CHUNK));
+            }
+            cipher.decrypt_to(&shared, arena)?;
+            arena.split().freeze()
+        }
+    };
+    finish_decrypted(flags, plain, max_inflated)
+}
+
 /// [`finish_open`] for a body the caller decrypted (the batched path): a body that decrypts
 /// to nothing is an error, as in Java.
 ///
@@ -356,6 +398,48 @@ mod tests {
         assert_eq!(
             open_body(&f, Some(&cipher()), 1024),
             Err(DecodeError::EmptyBody)
+        );
+    }
+
+    #[test]
+    fn open_body_into_matches_open_body_shared_or_owned() {
+        let mut arena = BytesMut::new();
+        for n in [1usize, 16, 100, 5000] {
+            let push = Push {
+                content: Bytes::from(vec![b'y'; n]),
+            };
+            let mut out = BytesMut::new();
+            Encoder::new(64).write(&mut out, &push, MsgId(2), Flags::NONE, Some(&cipher()));
+            let f = decode_one(&mut out);
+            let want = open_body(&f, Some(&cipher()), 1 << 20);
+            // Shared with `f` (and `out`): decrypted into the arena.
+            let got = open_body_into(
+                f.flags,
+                f.body.clone(),
+                Some(&cipher()),
+                1 << 20,
+                &mut arena,
+            );
+            assert_eq!(got, want);
+            assert!(arena.is_empty());
+            // Uniquely owned: decrypted in place, same result.
+            let body = Bytes::copy_from_slice(&f.body);
+            let got = open_body_into(f.flags, body, Some(&cipher()), 1 << 20, &mut arena);
+            assert_eq!(got, want);
+        }
+        let f = Frame {
+            cmd: 15,
+            flags: Flags::CRYPTO,
+            msg_id: MsgId(1),
+            body: Bytes::from_static(&[1; 17]),
+        };
+        assert!(matches!(
+            open_body_into(f.flags, f.body.clone(), Some(&cipher()), 1024, &mut arena),
+            Err(DecodeError::Crypto(_))
+        ));
+        assert_eq!(
+            open_body_into(f.flags, f.body.clone(), None, 1024, &mut arena),
+            Err(DecodeError::NoCipher)
         );
     }
 

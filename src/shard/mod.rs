@@ -1,18 +1,20 @@
-//! A shard: one pinned thread running one tokio-uring runtime that owns a range of devices,
-//! their sockets, buffers and timers, and its ticket store client.
+//! A shard: one pinned thread that owns a range of devices, their sockets, buffers and
+//! timers, and its ticket store client.
 //!
-//! The loop, once per turn: take every ready socket report, fire due timers, start the devices
-//! the ramp has reached, run the turn's AES work as one batch (decrypt what arrived, then feed
-//! the devices), seal and write what the devices produced (one batch again), flush the ticket
-//! store, then sleep until the next report or deadline. One owner for every piece of state; the
-//! control plane is reached only by crossbeam messages.
+//! - [`core`]: [`ShardCore`](core::ShardCore), the shard's logic, sans-IO: slots, devices,
+//!   timers, ramp, ticket requests, sink backpressure, batched AES, the graceful stop. Tested
+//!   in simulated time (`crate::sim`) and fuzzed.
+//! - `uring`: the tokio-uring driver. Per turn: feed every completion, then end the turn
+//!   (timers fire only after all the turn's input), start the core's I/O, send its ticket
+//!   requests, hand its pushes to the sink, sleep until the next completion or deadline.
 //!
-//! Must not touch: protocol decisions. Matching on a command here would mean the code is
-//! misplaced; the shard moves bytes, time and effects between sockets and [`Device`](crate::device::Device)s.
+//! One owner for every piece of state; the control plane is reached only by crossbeam
+//! messages. Must not touch: protocol decisions. Matching on a command here would mean the
+//! code is misplaced; the shard moves bytes, time and effects between sockets and
+//! [`Device`](crate::device::Device)s.
 
-mod net;
-mod turn;
-mod wheel;
+pub mod core;
+mod uring;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -116,7 +118,7 @@ pub fn spawn(
                         };
                     }
                 };
-            runtime.block_on(turn::run(cfg, store, commands, reports))
+            runtime.block_on(uring::run(cfg, store, commands, reports))
         })
 }
 

@@ -1,0 +1,148 @@
+//! Draining a device after each input, in quinn's order (transmit, timeout, effects), and
+//! sealing the turn's encrypted frames in one AES batch.
+
+use super::io::{ConnId, Io, TicketOp};
+use super::sink::{SinkItem, SinkToken};
+use super::{Sealing, ShardCore};
+use crate::device::{Effect, Event, Transmit};
+
+impl ShardCore {
+    /// Pulls everything one input produced out of the device in `slot`.
+    pub(super) fn drive(&mut self, slot: u32) {
+        self.drive_transmit(slot);
+        let s = &mut self.slots[slot as usize];
+        let deadline = s.device.poll_timeout();
+        self.timers.arm(slot, &mut s.armed, deadline);
+        while let Some(effect) = self.slots[slot as usize].device.poll_effect() {
+            self.apply(slot, effect);
+        }
+    }
+
+    /// Output without frames to seal is written at once; output with some waits for the
+    /// turn's batch, and the device's later output of the turn queues behind it.
+    fn drive_transmit(&mut self, slot: u32) {
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        if let Some(i) = s.sealing {
+            let t = &mut self.sealing[i as usize].transmit;
+            let _ = s.device.poll_transmit(now, &mut self.shared, t);
+            return;
+        }
+        if !s.device.poll_transmit(now, &mut self.shared, &mut self.transmit) {
+            return;
+        }
+        let Some(conn) = s.conn.as_ref().map(|c| c.id) else {
+            // Not connected: nothing can carry these bytes.
+            self.transmit.seal_inline_into(&mut self.out);
+            self.out.clear();
+            return;
+        };
+        if self.transmit.seal_count() == 0 {
+            self.transmit.finish_into(|_| &[], &mut self.out);
+            let data = self.out.split().freeze();
+            self.write(conn, data);
+            return;
+        }
+        let threshold = self.cfg.device.limits.compress_threshold;
+        let mut transmit = self.spare.pop().unwrap_or_else(|| Transmit::new(threshold));
+        std::mem::swap(&mut transmit, &mut self.transmit);
+        s.sealing = Some(self.sealing.len() as u32);
+        self.sealing.push(Sealing {
+            conn,
+            transmit,
+            shutdown_after: false,
+        });
+    }
+
+    fn apply(&mut self, slot: u32, effect: Effect) {
+        let device = self.cfg.first_device + slot;
+        match effect {
+            Effect::LoadTicket => self.tickets.push_back(TicketOp::Load(device)),
+            Effect::SaveTicket(ticket) => {
+                let wall = self.now.wall_ms;
+                self.tickets.push_back(TicketOp::Save(device, ticket, wall));
+            }
+            Effect::DeleteTicket => self.tickets.push_back(TicketOp::Delete(device)),
+            Effect::Connect => {
+                let (src, dst) = self.server_for_connect();
+                let s = &mut self.slots[slot as usize];
+                s.gen = s.gen.wrapping_add(1);
+                let conn = ConnId { slot, gen: s.gen };
+                self.io.push_back(Io::Connect { conn, src, dst });
+            }
+            Effect::Close(reason) => {
+                tracing::debug!(device, ?reason, "closing");
+                let s = &mut self.slots[slot as usize];
+                let Some(conn) = s.conn.take() else { return };
+                match s.sealing.take() {
+                    // Its last bytes wait for the batch: shut down after them.
+                    Some(i) => self.sealing[i as usize].shutdown_after = true,
+                    None => self.io.push_back(Io::Shutdown(conn.id)),
+                }
+            }
+            Effect::Deliver(delivery) => {
+                let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
+                    return;
+                };
+                if !self.cfg.sink {
+                    // No sink: the application takes the push at once.
+                    if delivery.ack_on_take {
+                        self.event(slot, Event::SinkTook(delivery.msg_id));
+                    }
+                    return;
+                }
+                conn.held += 1;
+                let token = SinkToken {
+                    conn: conn.id,
+                    msg_id: delivery.msg_id.0,
+                    ack: delivery.ack_on_take,
+                    received_us: self.now.us,
+                };
+                self.sink.backlog.push_back(SinkItem {
+                    device,
+                    delivery,
+                    received_at_ms: self.now.wall_ms,
+                    token,
+                });
+            }
+        }
+    }
+
+    /// Encrypts every frame the turn sealed in one batch, then writes each device's bytes in
+    /// the order it produced them (and shuts down the connections that closed after them).
+    pub(super) fn seal_turn(&mut self) {
+        if self.sealing.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        let mut jobs = Vec::new();
+        for s in &self.sealing {
+            for i in 0..s.transmit.seal_count() {
+                let (cipher, plain) = s.transmit.seal(i);
+                jobs.push(self.batch.push_encrypt(cipher, plain));
+            }
+        }
+        self.batch.run();
+        let mut sealing = std::mem::take(&mut self.sealing);
+        let mut first = 0;
+        for mut s in sealing.drain(..) {
+            let n = s.transmit.seal_count();
+            let batch = &self.batch;
+            let ids = &jobs[first..first + n];
+            // Encryption cannot fail; an empty slice would only mean a lost job id.
+            s.transmit
+                .finish_into(|i| batch.output(ids[i]).unwrap_or(&[]), &mut self.out);
+            first += n;
+            self.slots[s.conn.slot as usize].sealing = None;
+            let data = self.out.split().freeze();
+            if !data.is_empty() {
+                self.write(s.conn, data);
+            }
+            if s.shutdown_after {
+                self.io.push_back(Io::Shutdown(s.conn));
+            }
+            self.spare.push(s.transmit);
+        }
+        self.sealing = sealing;
+    }
+}

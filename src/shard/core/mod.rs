@@ -1,0 +1,425 @@
+//! The shard as a sans-IO core, in the spirit of quinn-proto's `Endpoint`: it owns the slots,
+//! devices, timers, ramp, ticket requests, sink records and backpressure, the batched AES of
+//! the turn and the graceful stop. It takes completions and time, and returns I/O to start.
+//! No sockets, clocks, tasks or channels in here; a driver (`shard::uring` on tokio-uring,
+//! `sim` in memory) moves bytes and completions and nothing else.
+//!
+//! # Driving
+//!
+//! A driver works in turns. Each turn it reads the clock once, then:
+//!
+//! 1. feeds every completion it has: [`handle_connected`](ShardCore::handle_connected),
+//!    [`handle_connect_failed`](ShardCore::handle_connect_failed),
+//!    [`handle_read`](ShardCore::handle_read), [`handle_closed`](ShardCore::handle_closed),
+//!    [`handle_write_done`](ShardCore::handle_write_done),
+//!    [`handle_ticket`](ShardCore::handle_ticket),
+//!    [`handle_sink_took`](ShardCore::handle_sink_took), [`handle_stop`](ShardCore::handle_stop);
+//! 2. ends the turn with [`handle_timeout`](ShardCore::handle_timeout): timers fire only now,
+//!    after all of the turn's input, so a reply that arrived is never judged a timeout; the
+//!    ramp starts devices; the turn's sealed frames are encrypted in one batch;
+//! 3. drains [`poll_io`](ShardCore::poll_io), [`poll_ticket`](ShardCore::poll_ticket) and the
+//!    sink backlog ([`peek_delivery`](ShardCore::peek_delivery)), then sleeps until
+//!    [`poll_timeout`](ShardCore::poll_timeout) or the next completion.
+//!
+//! # Ordering guarantees
+//!
+//! - A connection's frames reach its device in order, each before any close or stream error
+//!   that came after it (frames are handed over as they are decoded, nothing is deferred).
+//! - Bytes a device produced before it asked to close are given as [`Io::Write`] before the
+//!   connection's [`Io::Shutdown`].
+//! - Time is u64 milliseconds: nothing saturates or wraps.
+
+mod drive;
+mod io;
+mod ramp;
+mod sink;
+mod stop;
+mod timers;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+pub use io::{ConnId, Io, TicketOp};
+pub use sink::{SinkItem, SinkToken};
+
+use crate::crypto::AesBatch;
+use crate::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
+use crate::proto::{FrameDecoder, MsgId, Unit};
+use crate::stats::{Latency, ShardStats};
+use crate::tickets::format::ClientTicket;
+
+use io::Conn;
+use ramp::Ramp;
+use sink::SinkQueue;
+use stop::Stop;
+use timers::Timers;
+
+/// Read size of an idle connection: a heartbeat echo, an ack, a small push.
+pub const IDLE_READ: usize = 256;
+/// How soon the core looks at a full sink again: the sink gives no signal when it has room.
+const SINK_RETRY_MS: u64 = 2;
+
+/// What one shard core runs: its devices and where they connect.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Global index of the shard's first device; slots are `0..devices`.
+    pub first_device: u32,
+    /// How many devices the shard owns.
+    pub devices: u32,
+    /// New sessions per second this shard starts; 0 starts a bounded number per turn.
+    pub rate_per_sec: f64,
+    /// Server endpoints, used round-robin.
+    pub servers: Vec<SocketAddr>,
+    /// Local source addresses, used round-robin (empty: any).
+    pub sources: Vec<IpAddr>,
+    /// What every device shares.
+    pub device: Arc<DeviceConfig>,
+    /// Seed of the shard's RNG (keys, IVs, jitter).
+    pub seed: u64,
+    /// Whether received pushes go to a sink (otherwise the application takes each at once).
+    pub sink: bool,
+    /// How long a graceful stop may wait for the sink to take what was received, ms.
+    pub drain_timeout_ms: u64,
+}
+
+
+/// One device and its connection.
+#[derive(Debug)]
+struct Slot {
+    device: Device,
+    /// Generation of the slot's latest connect.
+    gen: u32,
+    conn: Option<Conn>,
+    /// The deadline this slot has in the timer heap.
+    armed: Tick,
+    /// Index into `sealing` of this turn's output waiting for encryption, if any.
+    sealing: Option<u32>,
+}
+
+/// A device's output of this turn that holds frames to encrypt in the turn's batch.
+#[derive(Debug)]
+struct Sealing {
+    conn: ConnId,
+    transmit: Transmit,
+    shutdown_after: bool,
+}
+
+/// The sans-IO shard. See the module doc for the driving order.
+#[derive(Debug)]
+pub struct ShardCore {
+    cfg: CoreConfig,
+    shared: Shared,
+    slots: Vec<Slot>,
+    timers: Timers,
+    ramp: Ramp,
+    decoder: FrameDecoder,
+    now: Now,
+    /// Where devices' output lands; reused for every device.
+    transmit: Transmit,
+    /// This turn's outputs with frames to seal, and spare `Transmit`s for them.
+    sealing: Vec<Sealing>,
+    spare: Vec<Transmit>,
+    batch: AesBatch,
+    /// Bytes handed out as [`Io::Write`] data: slices of this one buffer, reclaimed once the
+    /// driver dropped them.
+    out: BytesMut,
+    io: std::collections::VecDeque<Io>,
+    tickets: std::collections::VecDeque<TicketOp>,
+    sink: SinkQueue,
+    stop: Stop,
+    next_server: usize,
+    next_source: usize,
+    writes_in_flight: u64,
+}
+
+impl ShardCore {
+    /// A core whose devices wait for the ramp; its clock starts at `now`.
+    pub fn new(cfg: CoreConfig, now: Now) -> Self {
+        let threshold = cfg.device.limits.compress_threshold;
+        let slots = (0..cfg.devices)
+            .map(|slot| Slot {
+                device: Device::new(cfg.first_device + slot),
+                gen: 0,
+                conn: None,
+                armed: Tick::NEVER,
+                sealing: None,
+            })
+            .collect();
+        ShardCore {
+            shared: Shared::new(cfg.device.clone(), cfg.seed),
+            decoder: FrameDecoder::new(cfg.device.limits.max_body),
+            ramp: Ramp::new(cfg.devices, cfg.rate_per_sec),
+            slots,
+            timers: Timers::default(),
+            now,
+            transmit: Transmit::new(threshold),
+            sealing: Vec::new(),
+            spare: Vec::new(),
+            batch: AesBatch::new(),
+            out: BytesMut::new(),
+            io: Default::default(),
+            tickets: Default::default(),
+            sink: SinkQueue::default(),
+            stop: Stop::Running,
+            next_server: 0,
+            next_source: 0,
+            writes_in_flight: 0,
+            cfg,
+        }
+    }
+
+    /// The shard's counters and histograms.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats
+    }
+
+    /// The device in `slot` (tests, reports).
+    pub fn device(&self, slot: u32) -> Option<&Device> {
+        self.slots.get(slot as usize).map(|s| &s.device)
+    }
+
+    /// Adds the ticket store's counters (tickets saved, failed operations) to the shard's.
+    pub fn count_store(&mut self, saved: u64, errors: u64) {
+        self.shared.stats.counters.tickets_saved += saved;
+        self.shared.stats.counters.ticket_errors += errors;
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    // ----- input -----
+
+    /// The TCP connection `conn` is up.
+    pub fn handle_connected(&mut self, now: Now, conn: ConnId) {
+        self.now = now;
+        let closing = matches!(self.stop, Stop::Closing { .. } | Stop::Done);
+        let Some(s) = self.slots.get_mut(conn.slot as usize) else {
+            return;
+        };
+        let current = s.gen == conn.gen && s.conn.is_none();
+        if !current || closing || s.device.phase() != Phase::ExpectConnect {
+            // Abandoned meanwhile: the driver closes the socket.
+            self.io.push_back(Io::Shutdown(conn));
+            return;
+        }
+        let mut c = Conn::new(conn);
+        if matches!(self.stop, Stop::Draining { .. }) {
+            c.paused = true;
+            self.io.push_back(Io::PauseRead(conn));
+        }
+        s.conn = Some(c);
+        self.event(conn.slot, Event::Connected);
+    }
+
+    /// The connect of `conn` failed or timed out.
+    pub fn handle_connect_failed(&mut self, now: Now, conn: ConnId) {
+        self.now = now;
+        if self.slots.get(conn.slot as usize).is_some_and(|s| s.gen == conn.gen && s.conn.is_none())
+        {
+            self.event(conn.slot, Event::ConnectFailed);
+        }
+    }
+
+    /// Bytes arrived on `conn`. Whole frames are taken out of `data` (as zero-copy slices)
+    /// and handed to the device in order; a partial frame is kept by the core. Returns how
+    /// many bytes the next read should ask for: small while idle, the rest of a frame while
+    /// one is arriving.
+    pub fn handle_read(&mut self, now: Now, conn: ConnId, data: &mut BytesMut) -> usize {
+        self.now = now;
+        let Some(c) = self.current_conn(conn) else {
+            data.clear();
+            return IDLE_READ;
+        };
+        // Decode straight from the driver's buffer unless a partial frame is waiting.
+        let mut rx = if c.rx.is_empty() {
+            std::mem::take(data)
+        } else {
+            c.rx.extend_from_slice(data);
+            data.clear();
+            std::mem::take(&mut c.rx)
+        };
+        loop {
+            match self.decoder.decode(&mut rx) {
+                Ok(Some(Unit::Heartbeat)) => {
+                    let now = self.now;
+                    let s = &mut self.slots[conn.slot as usize];
+                    s.device.handle_heartbeat(now, &mut self.shared);
+                    self.drive(conn.slot);
+                }
+                Ok(Some(Unit::Frame(frame))) => {
+                    let now = self.now;
+                    let s = &mut self.slots[conn.slot as usize];
+                    s.device.handle_frame(now, &mut self.shared, frame);
+                    self.drive(conn.slot);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let now = self.now;
+                    let s = &mut self.slots[conn.slot as usize];
+                    s.device.handle_stream_error(now, &mut self.shared, e);
+                    self.drive(conn.slot);
+                    rx.clear();
+                    break;
+                }
+            }
+            if self.current_conn(conn).is_none() {
+                // The device gave this connection up: what follows is for nobody.
+                rx.clear();
+                break;
+            }
+        }
+        let needed = self.decoder.bytes_needed(&rx).unwrap_or(0);
+        let want = needed.saturating_sub(rx.len()).max(IDLE_READ);
+        match self.current_conn(conn) {
+            Some(c) if !rx.is_empty() => c.rx = rx.split(),
+            _ => {}
+        }
+        // Hand the (now empty) buffer back so the driver reads into it again.
+        rx.clear();
+        *data = rx;
+        want
+    }
+
+    /// The peer closed `conn`, or reading it failed.
+    pub fn handle_closed(&mut self, now: Now, conn: ConnId) {
+        self.now = now;
+        if self.current_conn(conn).is_some() {
+            let s = &mut self.slots[conn.slot as usize];
+            s.conn = None;
+            self.io.push_back(Io::Shutdown(conn));
+            self.event(conn.slot, Event::Closed);
+        }
+    }
+
+    /// A write of `conn` completed (`ok: false`: it failed, the connection is lost).
+    pub fn handle_write_done(&mut self, now: Now, conn: ConnId, ok: bool) {
+        self.now = now;
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        if !ok {
+            self.handle_closed(now, conn);
+        }
+    }
+
+    /// The answer to [`TicketOp::Load`] for global device index `device`.
+    pub fn handle_ticket(&mut self, now: Now, device: u32, ticket: Option<ClientTicket>) {
+        self.now = now;
+        let Some(slot) = device.checked_sub(self.cfg.first_device) else {
+            return;
+        };
+        if slot < self.cfg.devices {
+            self.event(slot, Event::Ticket(ticket));
+        }
+    }
+
+    /// Ends the turn: fires the timers due at `now` (after all of the turn's input), starts
+    /// the devices the ramp has reached, moves the stop along and seals the turn's output.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.now = now;
+        let tick = now.tick();
+        while let Some((t, slot)) = self.timers.pop_due(tick) {
+            let s = &mut self.slots[slot as usize];
+            if s.armed != t {
+                continue; // stale
+            }
+            s.armed = Tick::NEVER;
+            s.device.handle_timeout(now, &mut self.shared);
+            self.drive(slot);
+        }
+        for slot in self.ramp.due(tick) {
+            self.event(slot, Event::Start);
+        }
+        self.sink.full = false;
+        self.resume_drained();
+        self.advance_stop(tick);
+        self.seal_turn();
+    }
+
+    // ----- output -----
+
+    /// The next I/O to start.
+    #[must_use]
+    pub fn poll_io(&mut self) -> Option<Io> {
+        let io = self.io.pop_front();
+        if matches!(io, Some(Io::Write { .. })) {
+            self.writes_in_flight += 1;
+        }
+        io
+    }
+
+    /// The next ticket-store request.
+    #[must_use]
+    pub fn poll_ticket(&mut self) -> Option<TicketOp> {
+        self.tickets.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Tick> {
+        let now = self.now.tick();
+        let mut next = self.timers.next();
+        let mut at = |t: Option<Tick>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        at(self.ramp.next_start(now));
+        if !self.sink.backlog.is_empty() {
+            at(Some(now.after(SINK_RETRY_MS)));
+        }
+        match self.stop {
+            Stop::Draining { until } | Stop::Closing { until } => at(Some(until)),
+            Stop::Running | Stop::Done => {}
+        }
+        next
+    }
+
+    /// Whether a graceful stop has finished: every session closed and its last writes done.
+    pub fn is_finished(&self) -> bool {
+        self.stop == Stop::Done
+    }
+
+    /// Whether the core has I/O or requests the driver has not taken.
+    pub fn has_output(&self) -> bool {
+        !self.io.is_empty() || !self.tickets.is_empty() || self.peek_delivery().is_some()
+    }
+
+    // ----- internals -----
+
+    fn current_conn(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.slots
+            .get_mut(conn.slot as usize)?
+            .conn
+            .as_mut()
+            .filter(|c| c.id == conn)
+    }
+
+    fn event(&mut self, slot: u32, event: Event) {
+        let now = self.now;
+        self.slots[slot as usize]
+            .device
+            .handle_event(now, &mut self.shared, event);
+        self.drive(slot);
+    }
+
+    fn server_for_connect(&mut self) -> (Option<IpAddr>, SocketAddr) {
+        let dst = self.cfg.servers[self.next_server % self.cfg.servers.len()];
+        self.next_server = self.next_server.wrapping_add(1);
+        let src = (!self.cfg.sources.is_empty()).then(|| {
+            let src = self.cfg.sources[self.next_source % self.cfg.sources.len()];
+            self.next_source = self.next_source.wrapping_add(1);
+            src
+        });
+        (src, dst)
+    }
+
+    fn write(&mut self, conn: ConnId, data: Bytes) {
+        self.io.push_back(Io::Write { conn, data });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! One connection's I/O on tokio-uring: a connect task, then a reader and a writer task for
+//! the connection's life. They report to the shard loop through its completion queue and
+//! never make a protocol decision.
+//!
+//! tokio-uring 0.5 cannot bind a socket before connecting it, so connects go through tokio's
+//! own `TcpSocket` (the tokio-uring runtime is a tokio current-thread runtime with the epoll
+//! driver enabled): bind to the source address with `IP_BIND_ADDRESS_NO_PORT`, connect under
+//! a timeout, then hand the connected socket to tokio-uring with `from_std`. Every read and
+//! write after that goes through io_uring.
+//!
+//! Traps (STYLE.md): dropping an in-flight tokio-uring op does not cancel it, so each socket has
+//! exactly one read in flight, never raced against a timer; a session ends with `shutdown`,
+//! which completes that read with 0 bytes and lets the reader end.
+//!
+//! Allocation: the read buffer goes back and forth between the reader and the loop, and the
+//! write buffer between the loop and the writer, so a heartbeat round trip allocates nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use crate::shard::core::{ConnId, IDLE_READ};
+
+/// A socket task's report to the loop.
+#[derive(Debug)]
+pub(super) enum Completion {
+    Connected(ConnId, std::net::TcpStream),
+    ConnectFailed(ConnId),
+    /// The connection's read buffer holds new bytes (`ConnIo::read_buf`).
+    Readable(ConnId),
+    Closed(ConnId),
+    WriteDone(ConnId, bool),
+}
+
+/// The loop's completion queue, shared with the socket tasks of its thread.
+#[derive(Clone, Debug)]
+pub(super) struct Queue {
+    items: Rc<RefCell<VecDeque<Completion>>>,
+    wake: Arc<Notify>,
+}
+
+impl Queue {
+    pub(super) fn new(wake: Arc<Notify>) -> Self {
+        Queue {
+            items: Rc::default(),
+            wake,
+        }
+    }
+
+    pub(super) fn push(&self, c: Completion) {
+        self.items.borrow_mut().push_back(c);
+        self.wake.notify_one();
+    }
+
+    /// Moves every queued completion into `into` (reused by the loop).
+    pub(super) fn drain_into(&self, into: &mut VecDeque<Completion>) {
+        std::mem::swap(&mut *self.items.borrow_mut(), into);
+    }
+}
+
+/// What the loop shares with one connection's reader and writer.
+#[derive(Debug)]
+pub(super) struct ConnIo {
+    pub(super) id: ConnId,
+    stream: TcpStream,
+    /// The read buffer while the loop holds it (between a read and the next).
+    pub(super) read_buf: RefCell<Option<BytesMut>>,
+    read_size: Cell<usize>,
+    paused: Cell<bool>,
+    reader_wake: Notify,
+    /// Bytes the writer has yet to send, and how many `Io::Write`s they make.
+    queued: RefCell<BytesMut>,
+    queued_writes: Cell<u32>,
+    shutdown: Cell<bool>,
+    writer_wake: Notify,
+}
+
+impl ConnIo {
+    /// Takes a connected socket and starts its reader and writer.
+    pub(super) fn start(id: ConnId, stream: std::net::TcpStream, queue: &Queue) -> Rc<ConnIo> {
+        let io = Rc::new(ConnIo {
+            id,
+            stream: TcpStream::from_std(stream),
+            read_buf: RefCell::new(None),
+            read_size: Cell::new(IDLE_READ),
+            paused: Cell::new(false),
+            reader_wake: Notify::new(),
+            queued: RefCell::new(BytesMut::new()),
+            queued_writes: Cell::new(0),
+            shutdown: Cell::new(false),
+            writer_wake: Notify::new(),
+        });
+        tokio_uring::spawn(read_loop(io.clone(), queue.clone()));
+        tokio_uring::spawn(write_loop(io.clone(), queue.clone()));
+        io
+    }
+
+    /// The loop is done with the read buffer; the next read asks for `size` bytes.
+    pub(super) fn give_back(&self, buf: BytesMut, size: usize) {
+        *self.read_buf.borrow_mut() = Some(buf);
+        self.read_size.set(size);
+        self.reader_wake.notify_one();
+    }
+
+    pub(super) fn write(&self, data: &[u8]) {
+        self.queued.borrow_mut().extend_from_slice(data);
+        self.queued_writes.set(self.queued_writes.get() + 1);
+        self.writer_wake.notify_one();
+    }
+
+    pub(super) fn shutdown(&self) {
+        self.shutdown.set(true);
+        self.writer_wake.notify_one();
+        self.reader_wake.notify_one();
+    }
+
+    pub(super) fn set_paused(&self, paused: bool) {
+        self.paused.set(paused);
+        if !paused {
+            self.reader_wake.notify_one();
+        }
+    }
+}
+
+/// The one read of a socket, again and again. Between reads the buffer is with the loop, and
+/// no read is in flight while the connection is paused: a read that cannot be delivered is
+/// never started.
+async fn read_loop(io: Rc<ConnIo>, queue: Queue) {
+    let mut buf = BytesMut::with_capacity(IDLE_READ);
+    loop {
+        while io.paused.get() && !io.shutdown.get() {
+            io.reader_wake.notified().await;
+        }
+        let size = io.read_size.get();
+        if buf.capacity() > 4 * size.max(IDLE_READ) {
+            // A big frame passed: do not keep its buffer while idle.
+            buf = BytesMut::with_capacity(size);
+        }
+        buf.clear();
+        buf.reserve(size);
+        let (res, back) = io.stream.read(buf).await;
+        match res {
+            Ok(n) if n > 0 => {
+                *io.read_buf.borrow_mut() = Some(back);
+                queue.push(Completion::Readable(io.id));
+                loop {
+                    if let Some(b) = io.read_buf.borrow_mut().take() {
+                        buf = b;
+                        break;
+                    }
+                    io.reader_wake.notified().await;
+                }
+            }
+            _ => {
+                queue.push(Completion::Closed(io.id));
+                return;
+            }
+        }
+    }
+}
+
+/// Sends what the loop queued, one write in flight at a time, then shuts down when told to,
+/// after everything queued before.
+async fn write_loop(io: Rc<ConnIo>, queue: Queue) {
+    let mut spare = BytesMut::new();
+    loop {
+        if io.queued.borrow().is_empty() {
+            if io.shutdown.get() {
+                let _ = io.stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            io.writer_wake.notified().await;
+            continue;
+        }
+        let buf = std::mem::replace(&mut *io.queued.borrow_mut(), spare);
+        let writes = io.queued_writes.replace(0);
+        let (res, mut back) = io.stream.write_all(buf).await;
+        let ok = res.is_ok();
+        for _ in 0..writes {
+            queue.push(Completion::WriteDone(io.id, ok));
+        }
+        back.clear();
+        // Keep a small buffer for the next heartbeat; let a big one go.
+        spare = if back.capacity() <= 4 * IDLE_READ {
+            back
+        } else {
+            BytesMut::new()
+        };
+        if !ok {
+            let _ = io.stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// Connects `dst` from `src` within `timeout` and reports the result.
+pub(super) async fn connect(
+    conn: ConnId,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+    queue: Queue,
+) {
+    let done = match tokio::time::timeout(timeout, connect_tcp(src, dst)).await {
+        Ok(Ok(stream)) => Completion::Connected(conn, stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%dst, error = %e, "connect failed");
+            Completion::ConnectFailed(conn)
+        }
+        Err(_) => Completion::ConnectFailed(conn),
+    };
+    queue.push(done);
+}
+
+async fn connect_tcp(src: Option<IpAddr>, dst: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = match dst {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(src) = src {
+        bind_address_no_port(&socket)?;
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    socket.set_nodelay(true)?;
+    let stream = socket.connect(dst).await?;
+    stream.into_std()
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: binding to a source address picks the port at connect time, by
+/// the whole 4-tuple, so one source address serves 64k connections per server endpoint
+/// instead of 64k in all.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the fd is a valid open socket owned by `socket` for the duration of the call;
+    // the option value points to a live c_int whose size is passed alongside.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

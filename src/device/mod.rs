@@ -25,13 +25,14 @@ pub mod output;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 
+mod ticket;
 pub use config::{DeviceConfig, Template};
 pub use output::{Output, Seal};
+pub use ticket::ClientTicket;
 
 use crate::crypto::AesCipher;
 use crate::proto::{DecodeError, Flags, MsgId};
 use crate::stats::ShardStats;
-use crate::tickets::format::ClientTicket;
 
 /// Milliseconds since the shard started: 4 bytes, 49 days of range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -13,9 +13,9 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::session::{ClientType, CloseReason, SessionConfig, SessionEvent, Tick};
-use super::store::SessionStore;
 use crate::proto::message::ErrorCode;
 use crate::proto::{Flags, MsgId};
+use crate::tickets::sessions::SessionStore;
 
 /// A connection's number, unique within one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -1,5 +1,5 @@
-//! Client tickets in Redis through fred ([`RedisTickets`]), and the reference server's
-//! reusable sessions in the same Redis ([`RedisSessions`], in `redis/sessions.rs`).
+//! Client tickets in Redis through fred ([`RedisTickets`]); the reference server's reusable
+//! sessions in the same Redis are [`super::sessions::RedisSessions`], sharing [`RedisConfig`].
 //!
 //! Values are the Java tools' own (PROTOCOL.md 7, [`super::format`]), so a fleet shares a Redis
 //! with a real MPUSH client or server. A shard never waits on Redis:
@@ -21,8 +21,6 @@
 //! Writes are `SET key value PX ttl`, one atomic command (the seed's SET then EXPIRE leaves a
 //! ticket without a TTL if the second command is lost).
 
-mod sessions;
-
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +35,6 @@ use fred::types::config::TcpConfig;
 
 use super::format::{client_ticket_key, ClientTicket, CLIENT_TICKET_PREFIX};
 use super::store::{Loaded, StoreCounters, TicketStore, Wake};
-
-pub use sessions::RedisSessions;
 
 /// The most commands in one pipeline: one socket write of a few hundred KiB at most, so one
 /// big turn does not hold up the next turn's requests behind it.
@@ -100,7 +96,7 @@ impl RedisConfig {
     }
 
     /// A fred client for this configuration, not yet connected.
-    fn build_client(&self, config: Config) -> Result<fred::prelude::Client, FredError> {
+    pub(crate) fn build_client(&self, config: Config) -> Result<fred::prelude::Client, FredError> {
         let timeout = self.command_timeout;
         let mut builder = Builder::from_config(config);
         builder

@@ -294,9 +294,12 @@ impl Shard {
         // Moved out and back so the buffer is reused and each ticket moves, uncloned.
         let mut loaded = std::mem::take(&mut self.loaded);
         for l in loaded.drain(..) {
-            self.call(l.token, |d, ctx| {
-                d.handle_event(ctx, Event::Ticket(l.ticket))
-            });
+            // Answers carry the global index; a stray one (not this shard's) is dropped.
+            if !self.cfg.devices.contains(&l.device) {
+                continue;
+            }
+            let slot = l.device - self.cfg.devices.start;
+            self.call(slot, |d, ctx| d.handle_event(ctx, Event::Ticket(l.ticket)));
         }
         self.loaded = loaded;
         let c = self.store.take_counters();
@@ -340,18 +343,9 @@ impl Shard {
     fn apply(&mut self, slot: u32, effect: Effect) {
         let index = self.slots[slot as usize].device.index();
         match effect {
-            Effect::LoadTicket => {
-                let id = self.cfg.device.device_id.render(index.into());
-                self.store.load(slot, &id);
-            }
-            Effect::SaveTicket(ticket) => {
-                let id = self.cfg.device.device_id.render(index.into());
-                self.store.save(&id, &ticket, self.wall_ms);
-            }
-            Effect::DeleteTicket => {
-                let id = self.cfg.device.device_id.render(index.into());
-                self.store.delete(&id);
-            }
+            Effect::LoadTicket => self.store.load(index),
+            Effect::SaveTicket(ticket) => self.store.save(index, &ticket, self.wall_ms),
+            Effect::DeleteTicket => self.store.delete(index),
             Effect::Connect => self.connect(slot),
             Effect::Close(reason) => {
                 tracing::debug!(device = index, ?reason, "closing");

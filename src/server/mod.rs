@@ -10,7 +10,8 @@
 //! - [`session`]: [`ServerSession`], one connection's protocol state machine, sans-IO.
 //! - the reusable-session store, [`SessionStore`] and [`MemoryStore`], lives in
 //!   [`crate::tickets::sessions`] (re-exported here for the server's callers).
-//! - `shared`: the registry, routes, push log, counters and fault switches.
+//! - `shared`: the registry, push log, counters and fault switches.
+//! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
 //! - `conn`: the tokio task per connection (the shell around a session).
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
 //! - `admin`: the loopback HTTP+JSON admin API.
@@ -23,6 +24,7 @@
 mod admin;
 pub mod cli;
 mod conn;
+mod routes;
 pub mod runtime;
 pub mod session;
 mod shared;

@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mpush_fleet::crypto::AesCipher;
+use mpush_fleet::device::Template;
 use mpush_fleet::tickets::format::ClientTicket;
 use mpush_fleet::tickets::{Loaded, RedisConfig, RedisTickets, TicketStore};
 use redis_harness::RedisProcess;
@@ -38,7 +39,8 @@ impl Driver {
             .enable_all()
             .build()
             .unwrap();
-        let mut store = RedisTickets::new(RedisConfig::new(url)).unwrap();
+        let mut store =
+            RedisTickets::new(RedisConfig::new(url), Template::new("device-{i}")).unwrap();
         let notify = Arc::new(Notify::new());
         let n = notify.clone();
         {
@@ -123,10 +125,10 @@ fn tickets(c: &mut Criterion) {
     group.sample_size(20);
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("save_10k", |b| {
-        b.iter(|| d.run(10_000, |s, i| s.save(&format!("device-{i}"), &t, now_ms())))
+        b.iter(|| d.run(10_000, |s, i| s.save(i as u32, &t, now_ms())))
     });
     group.bench_function("load_10k", |b| {
-        b.iter(|| d.run(10_000, |s, i| s.load(i as u32, &format!("device-{i}"))))
+        b.iter(|| d.run(10_000, |s, i| s.load(i as u32)))
     });
     group.finish();
 
@@ -136,10 +138,8 @@ fn tickets(c: &mut Criterion) {
         d.run(TOTAL, f);
         TOTAL as f64 / start.elapsed().as_secs_f64()
     };
-    let save = timed(&mut d, &mut |s, i| {
-        s.save(&format!("device-{i}"), &t, now_ms())
-    });
-    let load = timed(&mut d, &mut |s, i| s.load(i as u32, &format!("device-{i}")));
+    let save = timed(&mut d, &mut |s, i| s.save(i as u32, &t, now_ms()));
+    let load = timed(&mut d, &mut |s, i| s.load(i as u32));
     // The command (3-byte values), then with values of a ticket's size.
     let reference = redis_benchmark(redis.port(), 3);
     let sized = redis_benchmark(redis.port(), json_len);

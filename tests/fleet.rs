@@ -188,12 +188,12 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
     // Make one 104 certain whatever the timing: give device-1 the ticket of a device whose
     // session id is not device-1's own (what the quirk does when two devices handshake in the
     // same millisecond: the session belongs to whichever stored it last).
-    let own = load(&mut stores[0], "device-1");
+    let own = load(&mut stores[0], 1);
     let other = (2..250)
-        .map(|i| load(&mut stores[0], &format!("device-{i}")))
+        .map(|i| load(&mut stores[0], i))
         .find(|t| t.session_id != own.session_id)
         .expect("not every device shares one millisecond");
-    stores[0].save("device-1", &other, 0);
+    stores[0].save(1, &other, 0);
     let mut fleet = start(fleet_config(server.local_addr(), n, 2), stores);
     all_online_and_bound(&mut fleet, n, "after collisions");
     let c = stop(fleet).stats.counters;
@@ -215,11 +215,12 @@ fn sessionid_quirk_104s_are_taken_in_stride() {
     server.shutdown();
 }
 
+/// The stored ticket of device `device` (global index; `device-{i}` renders it).
 fn load(
     store: &mut Box<dyn TicketStore>,
-    device: &str,
+    device: u32,
 ) -> mpush_fleet::tickets::format::ClientTicket {
-    store.load(0, device);
+    store.load(device);
     let mut out: Vec<Loaded> = Vec::new();
     store.drain_ready(&mut out);
     out.pop().and_then(|l| l.ticket).expect("ticket stored")

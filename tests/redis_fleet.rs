@@ -47,7 +47,12 @@ fn fleet_config(server: SocketAddr, devices: u32, first: u32) -> FleetConfig {
 }
 
 fn stores(redis: &RedisProcess) -> Vec<Box<dyn TicketStore>> {
-    RedisTickets::fleet(RedisConfig::new(redis.url()), 2).expect("valid URL")
+    RedisTickets::fleet(
+        RedisConfig::new(redis.url()),
+        DeviceConfig::default().device_id,
+        2,
+    )
+    .expect("valid URL")
 }
 
 fn start(cfg: FleetConfig, stores: Vec<Box<dyn TicketStore>>) -> Fleet {

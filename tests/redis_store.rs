@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpush_fleet::crypto::AesCipher;
+use mpush_fleet::device::Template;
 use mpush_fleet::server::SessionStore;
 use mpush_fleet::tickets::format::{ClientTicket, ReusableSession};
 use mpush_fleet::tickets::redis::MAX_PIPELINE;
@@ -21,6 +22,9 @@ use redis_harness::{RedisProcess, Reply};
 use tokio::sync::Notify;
 
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The device id template of the drivers' stores: device `i`'s ticket is `mp:fcd:dev-{i}`.
+const DEVICE_ID: &str = "dev-{i}";
 
 /// A store driven the way a shard drives it: requests, `flush`, sleep until woken, drain.
 struct Driver {
@@ -33,11 +37,15 @@ struct Driver {
 
 impl Driver {
     fn new(config: RedisConfig) -> Driver {
+        Driver::with_ids(config, Template::new(DEVICE_ID))
+    }
+
+    fn with_ids(config: RedisConfig, device_id: Template) -> Driver {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let mut store = RedisTickets::new(config).expect("valid URL");
+        let mut store = RedisTickets::new(config, device_id).expect("valid URL");
         let notify = Arc::new(Notify::new());
         let wakes = Arc::new(AtomicUsize::new(0));
         let (n, w) = (notify.clone(), wakes.clone());
@@ -85,15 +93,15 @@ impl Driver {
         out
     }
 
-    fn load(&mut self, device: &str) -> Option<ClientTicket> {
-        self.store.load(9, device);
+    fn load(&mut self, device: u32) -> Option<ClientTicket> {
+        self.store.load(device);
         let mut out = self.settle();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].token, 9);
+        assert_eq!(out[0].device, device);
         out.pop().unwrap().ticket
     }
 
-    fn save(&mut self, device: &str, ticket: &ClientTicket, wall_ms: i64) {
+    fn save(&mut self, device: u32, ticket: &ClientTicket, wall_ms: i64) {
         self.store.save(device, ticket, wall_ms);
         assert!(self.settle().is_empty());
     }
@@ -150,7 +158,9 @@ fn java_sample_ticket_is_read_and_written_back_byte_for_byte() {
     let mut resp = redis.resp();
     resp.ok(&["SET", key, value]);
 
-    let mut d = Driver::url(redis.url());
+    // A template without `{i}`: every index renders the sample's device id.
+    let mut d = Driver::with_ids(RedisConfig::new(redis.url()), Template::new(device));
+    let device = 7;
     let t = d.load(device).expect("the Java sample loads");
     assert_eq!(t, ClientTicket::from_json(value).unwrap());
     assert_eq!(t.session_id, "0123456789abcdef0123456789abcdef");
@@ -197,9 +207,10 @@ fn saves_are_atomic_with_a_ttl_that_never_outlives_the_ticket() {
     let mut d = Driver::new(cfg);
     resp.ok(&["CONFIG", "RESETSTAT"]);
     let now = now_ms();
-    d.save("long", &ticket(1, now + 1_000_000_000), now);
-    d.save("short", &ticket(2, now + 5_000), now);
-    d.save("gone", &ticket(3, now - 1), now);
+    let (long, short, gone) = (1, 2, 3);
+    d.save(long, &ticket(1, now + 1_000_000_000), now);
+    d.save(short, &ticket(2, now + 5_000), now);
+    d.save(gone, &ticket(3, now - 1), now);
     assert_eq!(
         d.take(),
         StoreCounters {
@@ -208,15 +219,15 @@ fn saves_are_atomic_with_a_ttl_that_never_outlives_the_ticket() {
         }
     );
 
-    let long = resp.pttl("fleet-a:long");
+    let long = resp.pttl("fleet-a:dev-1");
     assert!(long > 5_000 && long <= 100_000, "configured TTL: {long}");
-    let short = resp.pttl("fleet-a:short");
+    let short = resp.pttl("fleet-a:dev-2");
     assert!(
         short > 0 && short <= 5_000,
         "cut to the expireTime: {short}"
     );
     assert_eq!(
-        resp.pttl("fleet-a:gone"),
+        resp.pttl("fleet-a:dev-3"),
         -2,
         "expired tickets are not written"
     );
@@ -234,9 +245,9 @@ fn saves_are_atomic_with_a_ttl_that_never_outlives_the_ticket() {
     );
 
     // Delete.
-    d.store.delete("long");
+    d.store.delete(1);
     assert!(d.settle().is_empty());
-    assert_eq!(resp.pttl("fleet-a:long"), -2);
+    assert_eq!(resp.pttl("fleet-a:dev-1"), -2);
 }
 
 /// Values that are not tickets: counted errors and `None`, never a panic.
@@ -272,8 +283,8 @@ fn corrupted_values_are_counted_errors_and_none() {
         ),
         ("not-utf8", vec![b'{', 0xff, 0xfe, b'}']),
     ];
-    for (device, value) in &cases {
-        let key = format!("mp:fcd:{device}");
+    for (i, (device, value)) in cases.iter().enumerate() {
+        let key = format!("mp:fcd:dev-{i}");
         resp.cmd_bytes(&[b"SET", key.as_bytes(), value]).unwrap();
         assert!(
             ClientTicket::from_json(&String::from_utf8_lossy(value)).is_err(),
@@ -281,21 +292,22 @@ fn corrupted_values_are_counted_errors_and_none() {
         );
     }
     // Another Redis type under a ticket key: WRONGTYPE, a refused command.
-    resp.ok(&["HSET", "mp:fcd:a-hash", "f", "v"]);
-    resp.ok(&["SET", "mp:fcd:good", &good]);
+    // Device 100 holds a hash, 101 a good ticket, 102 nothing.
+    resp.ok(&["HSET", "mp:fcd:dev-100", "f", "v"]);
+    resp.ok(&["SET", "mp:fcd:dev-101", &good]);
 
     let mut d = Driver::url(redis.url());
-    for (i, (device, _)) in cases.iter().enumerate() {
-        d.store.load(i as u32, device);
+    for i in 0..cases.len() {
+        d.store.load(i as u32);
     }
-    d.store.load(100, "a-hash");
-    d.store.load(101, "good");
-    d.store.load(102, "absent");
+    d.store.load(100);
+    d.store.load(101);
+    d.store.load(102);
     let mut out = d.settle();
-    out.sort_by_key(|l| l.token);
+    out.sort_by_key(|l| l.device);
     assert_eq!(out.len(), cases.len() + 3);
     for l in &out[..cases.len() + 1] {
-        assert!(l.ticket.is_none(), "token {}", l.token);
+        assert!(l.ticket.is_none(), "device {}", l.device);
     }
     assert_eq!(
         out[cases.len() + 1]
@@ -327,7 +339,7 @@ fn one_turn_is_one_pipeline_and_in_flight_is_bounded() {
     let t = ticket(5, now_ms() + 100_000);
     let n = 1_000;
     for i in 0..n {
-        d.store.save(&format!("dev-{i}"), &t, now_ms());
+        d.store.save(i, &t, now_ms());
     }
     d.settle();
     assert_eq!(
@@ -338,7 +350,7 @@ fn one_turn_is_one_pipeline_and_in_flight_is_bounded() {
         }
     );
     for i in 0..n {
-        d.store.load(i, &format!("dev-{i}"));
+        d.store.load(i);
     }
     let before = d.wakes.load(Ordering::SeqCst);
     let out = d.settle();
@@ -356,9 +368,9 @@ fn one_turn_is_one_pipeline_and_in_flight_is_bounded() {
     let mut cfg = RedisConfig::new(redis.url());
     cfg.max_in_flight = 100;
     let mut d = Driver::new(cfg);
-    assert!(d.load("warm-up").is_none());
+    assert!(d.load(n + 1).is_none(), "warm-up: nothing stored there");
     for i in 0..n {
-        d.store.load(i, &format!("dev-{i}"));
+        d.store.load(i);
     }
     let before = d.wakes.load(Ordering::SeqCst);
     {
@@ -392,13 +404,13 @@ fn redis_down_at_start_then_up_saves_resume() {
     let port = RedisProcess::unused_port();
     let mut d = Driver::url(format!("redis://127.0.0.1:{port}/0"));
     for i in 0..10 {
-        d.store.load(i, &format!("dev-{i}"));
+        d.store.load(i);
     }
     let out = d.settle();
     assert_eq!(out.len(), 10);
     assert!(out.iter().all(|l| l.ticket.is_none()));
     let t = ticket(6, now_ms() + 100_000);
-    d.save("dev-0", &t, now_ms());
+    d.save(0, &t, now_ms());
     assert_eq!(
         d.take(),
         StoreCounters {
@@ -417,9 +429,9 @@ fn redis_down_at_start_then_up_saves_resume() {
             d.store
         );
         d.idle();
-        d.save("dev-0", &t, now_ms());
+        d.save(0, &t, now_ms());
     }
-    assert_eq!(d.load("dev-0"), Some(t));
+    assert_eq!(d.load(0), Some(t));
 }
 
 /// Redis killed under a connected store and restarted on the same port: meanwhile requests
@@ -431,8 +443,8 @@ fn redis_killed_and_restarted_store_recovers() {
     };
     let mut d = Driver::url(redis.url());
     let t = ticket(7, now_ms() + 100_000);
-    d.save("dev-1", &t, now_ms());
-    assert_eq!(d.load("dev-1"), Some(t.clone()));
+    d.save(1, &t, now_ms());
+    assert_eq!(d.load(1), Some(t.clone()));
     assert_eq!(
         d.take(),
         StoreCounters {
@@ -444,7 +456,7 @@ fn redis_killed_and_restarted_store_recovers() {
     redis.kill();
     // Within a deadline, loads fail (the connection's loss may take a request to notice).
     let deadline = Instant::now() + PATIENCE;
-    while d.load("dev-1").is_some() {
+    while d.load(1).is_some() {
         assert!(Instant::now() < deadline, "a dead Redis still answered");
         d.idle();
     }
@@ -460,9 +472,9 @@ fn redis_killed_and_restarted_store_recovers() {
             d.store
         );
         d.idle();
-        d.save("dev-2", &t, now_ms());
+        d.save(2, &t, now_ms());
     }
-    assert_eq!(d.load("dev-2"), Some(t));
+    assert_eq!(d.load(2), Some(t));
 }
 
 /// Reusable sessions as the real server stores them: `mp:rs:<id>`, `ReusableSession::encode`,

@@ -301,7 +301,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
                 ticket_ttl: args.ticket_ttl,
                 ..RedisConfig::new(url.clone())
             };
-            RedisTickets::fleet(redis, cfg.shards)
+            RedisTickets::fleet(redis, cfg.device.device_id.clone(), cfg.shards)
                 .map_err(|e| UsageError(format!("--redis: {e}")))?
         }
         None => memory_stores(cfg.shards),

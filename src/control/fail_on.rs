@@ -3,7 +3,7 @@
 //! Each threshold names the failure: `online<99.9%` fails the run when fewer than 99.9% of the
 //! fleet's devices were online. Forms:
 //!
-//! - `COUNTER OP N`: a [`Counters`] field by its serde name (`errors`, `reconnects`,
+//! - `COUNTER OP N`: a [`Counters`] field by its name ([`Counters::FIELDS`]) (`errors`, `reconnects`,
 //!   `read_timeouts`, ...); `errors` is the sum over codes, `errors.103` one code;
 //! - `COUNTER OP P%`: the counter as a percentage of the fleet's device count (`online`,
 //!   `ever_online`, `bound`, ...);
@@ -15,7 +15,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::stats::{Counters, Latency, ShardStats, Summary};
+use crate::stats::{Counters, Latency, Reading, ShardStats, Summary};
 
 /// A comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl Stat {
 /// What a threshold measures.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Metric {
-    /// A counter's value (serde name of a [`Counters`] field; `errors` sums every code).
+    /// A counter's value (name of a [`Counters`] field; `errors` sums every code).
     Counter(String),
     /// A counter as a percentage of the fleet's devices.
     Percent(String),
@@ -118,14 +118,6 @@ pub struct FailOnError {
     pub text: String,
     /// What is wrong with it.
     pub why: String,
-}
-
-/// The serde names of the [`Counters`] fields.
-fn counter_names() -> Vec<String> {
-    match serde_json::to_value(Counters::default()) {
-        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-        _ => Vec::new(),
-    }
 }
 
 impl FromStr for Threshold {
@@ -195,7 +187,7 @@ impl FromStr for Threshold {
                 code.parse()
                     .map_err(|_| err(format!("{code:?} is not an error code")))?,
             )
-        } else if counter_names().iter().any(|n| n == name) {
+        } else if Counters::field(name).is_some() {
             match unit {
                 "" => Metric::Counter(name.to_string()),
                 "%" => Metric::Percent(name.to_string()),
@@ -232,18 +224,9 @@ pub fn parse_list(s: &str) -> Result<Vec<Threshold>, FailOnError> {
     s.split(',').map(str::parse).collect()
 }
 
-/// A counter's value by serde name (`errors`: the sum over codes).
+/// A counter's value by name, from the counters' own table (`errors`: the sum over codes).
 fn counter(c: &Counters, name: &str) -> f64 {
-    if name == "errors" {
-        return c.errors.values().sum::<u64>() as f64;
-    }
-    match serde_json::to_value(c) {
-        Ok(serde_json::Value::Object(m)) => m
-            .get(name)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0),
-        _ => 0.0,
-    }
+    c.get(name).map_or(0.0, Reading::total)
 }
 
 /// The thresholds that `stats` of a fleet of `devices` devices violates, as readable lines.

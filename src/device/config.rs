@@ -29,9 +29,20 @@ impl Template {
 
     /// The string for device `index`.
     pub fn render(&self, index: u64) -> String {
-        match &self.tail {
-            Some(tail) => format!("{}{index}{tail}", self.head),
-            None => self.head.clone(),
+        let mut s = String::new();
+        self.render_into(index, &mut s);
+        s
+    }
+
+    /// Appends the string for device `index` to `out` (clear it first to reuse a buffer):
+    /// the store edge builds keys this way without an intermediate string per device.
+    pub fn render_into(&self, index: u64, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str(&self.head);
+        if let Some(tail) = &self.tail {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{index}");
+            out.push_str(tail);
         }
     }
 }
@@ -111,5 +122,8 @@ mod tests {
         assert_eq!(Template::new("device-{i}").render(42), "device-42");
         assert_eq!(Template::new("{i}@fleet").render(7), "7@fleet");
         assert_eq!(Template::new("same").render(7), "same");
+        let mut buf = String::from("mp:fcd:");
+        Template::new("d-{i}-x").render_into(12, &mut buf);
+        assert_eq!(buf, "mp:fcd:d-12-x");
     }
 }

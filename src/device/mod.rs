@@ -20,12 +20,13 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+mod ticket;
 pub use config::{DeviceConfig, Template};
+pub use ticket::ClientTicket;
 pub use transmit::Transmit;
 
 use crate::proto::{DecodeError, Flags, MsgId};
 use crate::stats::ShardStats;
-use crate::tickets::format::ClientTicket;
 
 use state::{Owed, State, Timers};
 

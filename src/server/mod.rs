@@ -8,8 +8,10 @@
 //!
 //! Layout:
 //! - [`session`]: [`ServerSession`], one connection's protocol state machine, sans-IO.
-//! - [`store`]: [`SessionStore`], the async reusable-session store, and [`MemoryStore`].
-//! - `shared`: the registry, routes, push log, counters and fault switches.
+//! - the reusable-session store, [`SessionStore`] and [`MemoryStore`], lives in
+//!   [`crate::tickets::sessions`] (re-exported here for the server's callers).
+//! - `shared`: the registry, push log, counters and fault switches.
+//! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
 //! - `conn`: the tokio task per connection (the shell around a session).
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
 //! - `admin`: the loopback HTTP+JSON admin API.
@@ -22,18 +24,18 @@
 mod admin;
 pub mod cli;
 mod conn;
+mod routes;
 pub mod runtime;
 pub mod session;
 mod shared;
-pub mod store;
 
 use std::net::SocketAddr;
 
+pub use crate::tickets::sessions::{MemoryStore, SessionStore, StoreError};
 pub use cli::{serve_main, ServeArgs};
 pub use runtime::{raise_nofile_limit, PushResult, PushTarget, Server, ServerHandle, ServerOps};
 pub use session::{ClientType, CloseReason, ServerSession, SessionConfig, Tick};
 pub use shared::{AckMode, ConnId, FaultState, PushRecord, ServerStats};
-pub use store::{MemoryStore, SessionStore, StoreError};
 
 /// Everything [`Server::start`] needs. [`ServerConfig::new`] gives the real server's defaults
 /// on an ephemeral loopback port.

@@ -21,8 +21,8 @@ use super::admin;
 use super::conn;
 use super::session::CloseReason;
 use super::shared::{AckMode, ConnCmd, FaultState, PushRecord, ServerStats, Shared};
-use super::store::{MemoryStore, SessionStore, StoreError};
 use super::ServerConfig;
+use crate::tickets::sessions::{MemoryStore, SessionStore, StoreError};
 
 /// Where a push goes.
 #[derive(Clone, Debug, PartialEq, Eq)]

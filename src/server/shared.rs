@@ -12,10 +12,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::routes::Routes;
 use super::session::{ClientType, CloseReason, SessionConfig, SessionEvent, Tick};
-use super::store::SessionStore;
 use crate::proto::message::ErrorCode;
 use crate::proto::{Flags, MsgId};
+use crate::tickets::sessions::SessionStore;
 
 /// A connection's number, unique within one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -162,7 +163,8 @@ pub(crate) struct Shared {
     /// Server-originated message ids (pushes, kicks), one sequence as Java's `ID_SEQ`.
     next_msg_id: AtomicI32,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
-    routes: Mutex<HashMap<(String, ClientType), ConnId>>,
+    /// Indexed both ways: see `routes.rs` for the cost of each operation.
+    routes: Mutex<Routes>,
     pushes: Mutex<BTreeMap<i32, PushRecord>>,
     counters: Counters,
     faults: Faults,
@@ -235,12 +237,13 @@ impl Shared {
     }
 
     /// Forgets a closed connection and every route to it (`LocalRouterManager` on
-    /// `ConnectionCloseEvent`).
+    /// `ConnectionCloseEvent`). O(1) in the number of connections: the route index finds
+    /// this connection's routes without a scan.
     pub(crate) fn remove_conn(&self, id: ConnId, reason: CloseReason) {
         if lock(&self.conns).remove(&id).is_some() {
             self.counters.connections.fetch_sub(1, Relaxed);
         }
-        lock(&self.routes).retain(|_, conn| *conn != id);
+        lock(&self.routes).remove_conn(id);
         self.count_close(reason);
     }
 
@@ -274,7 +277,7 @@ impl Shared {
 
     /// Routes `user_id` to `me`; KICKs the connection it pointed to before, if another.
     pub(crate) fn register_route(&self, user_id: String, ct: ClientType, me: ConnId) {
-        let old = lock(&self.routes).insert((user_id.clone(), ct), me);
+        let old = lock(&self.routes).insert(user_id.clone(), ct, me);
         if let Some(old) = old.filter(|old| *old != me) {
             let msg_id = self.next_msg_id();
             if self.send_to(old, ConnCmd::Kick { msg_id, user_id }) {
@@ -284,23 +287,26 @@ impl Shared {
     }
 
     pub(crate) fn unregister_route(&self, user_id: String, ct: ClientType, me: ConnId) {
-        let mut routes = lock(&self.routes);
-        let key = (user_id, ct);
-        if routes.get(&key) == Some(&me) {
-            routes.remove(&key);
-        }
+        lock(&self.routes).remove(&user_id, ct, me);
     }
 
-    /// The connections `user_id` is routed to (one per client type), or every routed one.
+    /// The connections `user_id` is routed to (one per client type; a lookup, not a scan),
+    /// or every routed one; each connection once, in connection order.
     fn targets(&self, user_id: Option<&str>) -> Vec<(String, ConnId)> {
         let routes = lock(&self.routes);
         let mut seen = HashSet::new();
-        let mut out: Vec<_> = routes
-            .iter()
-            .filter(|((u, _), _)| user_id.map_or(true, |want| want == u))
-            .filter(|(_, conn)| seen.insert(**conn))
-            .map(|((u, _), conn)| (u.clone(), *conn))
-            .collect();
+        let mut out: Vec<_> = match user_id {
+            Some(user) => routes
+                .of_user(user)
+                .filter(|conn| seen.insert(*conn))
+                .map(|conn| (user.to_owned(), conn))
+                .collect(),
+            None => routes
+                .all()
+                .filter(|(_, conn)| seen.insert(*conn))
+                .map(|(u, conn)| (u.to_owned(), conn))
+                .collect(),
+        };
         out.sort_by_key(|(_, conn)| *conn);
         out
     }

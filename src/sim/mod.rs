@@ -61,7 +61,9 @@ impl Default for SimConfig {
 
 #[derive(Debug)]
 enum Net {
-    /// A connect reaches the server (`ok`: accepted) and its answer the client.
+    /// A connect reaches the server (`ok`: accepted).
+    Accept(ConnId, bool),
+    /// The connect's answer reaches the client.
     Connect(ConnId, bool),
     ToServer(ConnId, Bytes),
     ToClient(ConnId, Bytes),
@@ -81,7 +83,10 @@ pub struct Sim {
     cfg: SimConfig,
     now_ms: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Events for the server side (it acts at their exact time) and for the client side (the
+    /// driver takes them at its next turn).
+    server_q: BinaryHeap<Reverse<(u64, u64)>>,
+    client_q: BinaryHeap<Reverse<(u64, u64)>>,
     events: HashMap<u64, Net>,
     server: SimServer,
     /// Server timers: (deadline, conn), stale entries skipped.
@@ -115,7 +120,8 @@ impl Sim {
             now_ms: cfg.start_ms,
             cfg,
             seq: 0,
-            queue: BinaryHeap::new(),
+            server_q: BinaryHeap::new(),
+            client_q: BinaryHeap::new(),
             events: HashMap::new(),
             server_timers: BinaryHeap::new(),
             stalled_until: 0,
@@ -215,13 +221,27 @@ impl Sim {
                 self.now_ms = end;
                 return done(self);
             }
-            self.turn(next);
+            self.step(next);
         }
     }
 
     /// Runs for `ms` of simulated time.
     pub fn run_for(&mut self, ms: u64) {
         self.run_until(ms, |_| false);
+    }
+
+    /// Stops the core, lets the network settle, and starts a new core for `cfg` with the same
+    /// tickets and server: a fleet run again.
+    pub fn restart(&mut self, cfg: CoreConfig, limit_ms: u64) -> bool {
+        // Connection ids start again with the new core: nothing of the old may be in flight.
+        let settled = |s: &Sim| {
+            s.server_connections() == 0 && s.client_q.is_empty() && s.server_q.is_empty()
+        };
+        if !self.stop(limit_ms) || !self.run_until(limit_ms, settled) {
+            return false;
+        }
+        self.core = ShardCore::new(cfg, self.now());
+        true
     }
 
     /// Asks the core to stop gracefully and runs until it finished (bounded).
@@ -244,16 +264,33 @@ impl Sim {
     }
 
     fn next_time(&self) -> Option<u64> {
-        let mut next = self.queue.peek().map(|Reverse((t, _))| *t);
+        let server = self.next_server_time();
+        let client = self.next_turn();
+        match (server, client) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_server_time(&self) -> Option<u64> {
+        let q = self.server_q.peek().map(|Reverse((t, _))| *t);
+        let timer = self.server_timers.peek().map(|Reverse((t, _))| *t);
+        let t = match (q, timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(t.max(self.now_ms))
+    }
+
+    /// When the driver's next turn is: its next completion or deadline, on the turn grid.
+    fn next_turn(&self) -> Option<u64> {
+        let mut next = self.client_q.peek().map(|Reverse((t, _))| *t);
         let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some(t) = self.core.poll_timeout() {
             at(t.0);
         }
-        if let Some(Reverse((t, _))) = self.server_timers.peek() {
-            at(*t);
-        }
         if !self.loaded.is_empty() {
-            at(self.now_ms);
+            at(self.now_ms); // the store's answers are ready: the next turn takes them
         }
         let t = next?.max(self.now_ms);
         Some(match self.cfg.turn_ms {
@@ -262,24 +299,40 @@ impl Sim {
         })
     }
 
+    /// Advances to `t`: the server acts on what reached it, then, if a turn is due, the
+    /// driver takes its turn.
+    fn step(&mut self, t: u64) {
+        self.now_ms = self.now_ms.max(t);
+        self.server_side();
+        if self.next_turn().is_some_and(|turn| turn <= self.now_ms) {
+            self.turn();
+        }
+    }
+
     fn schedule(&mut self, after_ms: u64, ev: Net) {
         self.seq += 1;
-        self.queue.push(Reverse((self.now_ms + after_ms, self.seq)));
+        let entry = Reverse((self.now_ms + after_ms, self.seq));
+        match ev {
+            Net::Accept(..) | Net::ToServer(..) | Net::ClientShutdown(_) => self.server_q.push(entry),
+            _ => self.client_q.push(entry),
+        }
         self.events.insert(self.seq, ev);
     }
 
-    /// One driver turn at `t`: the network and server act, the core gets every completion,
-    /// then its timers, then its I/O starts.
-    fn turn(&mut self, t: u64) {
-        self.now_ms = self.now_ms.max(t);
-        self.turns += 1;
-        let now = self.now();
-        let mut for_core = Vec::new();
-        while let Some(&Reverse((at, seq))) = self.queue.peek() {
-            if at > self.now_ms {
-                break;
+    fn pop_due(q: &mut BinaryHeap<Reverse<(u64, u64)>>, now: u64) -> Option<u64> {
+        match q.peek() {
+            Some(&Reverse((at, seq))) if at <= now => {
+                q.pop();
+                Some(seq)
             }
-            self.queue.pop();
+            _ => None,
+        }
+    }
+
+    /// The server side at `now_ms`: connects, bytes and shutdowns that reached it, its timers.
+    fn server_side(&mut self) {
+        let wall = self.now().wall_ms;
+        while let Some(seq) = Self::pop_due(&mut self.server_q, self.now_ms) {
             let Some(ev) = self.events.remove(&seq) else { continue };
             match ev {
                 Net::ToServer(conn, data) if self.now_ms < self.stalled_until => {
@@ -289,23 +342,35 @@ impl Sim {
                 }
                 Net::ToServer(conn, data) => {
                     let mut out = ServerOut::default();
-                    let wall = now.wall_ms;
                     self.server.receive(conn, &data, ServerTick(self.now_ms), wall, &mut out);
                     self.arm_server(conn);
                     self.send_server_out(out);
                 }
                 Net::ClientShutdown(conn) => self.server.client_closed(conn),
-                Net::Connect(conn, ok) => {
+                Net::Accept(conn, ok) => {
                     if ok {
                         self.server.accept(conn, ServerTick(self.now_ms));
                         self.arm_server(conn);
                     }
-                    for_core.push(Net::Connect(conn, ok));
+                    self.schedule(self.cfg.latency_ms, Net::Connect(conn, ok));
                 }
-                other => for_core.push(other),
+                // `schedule` queues client-side events elsewhere.
+                Net::Connect(..) | Net::ToClient(..) | Net::ServerClosed(_) | Net::WriteDone(_) => {}
             }
         }
         self.server_timeouts();
+    }
+
+    /// One driver turn: the core gets every completion, then its timers, then its I/O starts.
+    fn turn(&mut self) {
+        self.turns += 1;
+        let now = self.now();
+        let mut for_core = Vec::new();
+        while let Some(seq) = Self::pop_due(&mut self.client_q, self.now_ms) {
+            if let Some(ev) = self.events.remove(&seq) {
+                for_core.push(ev);
+            }
+        }
         self.guard(true);
         for ev in for_core {
             match ev {
@@ -323,7 +388,7 @@ impl Sim {
                 }
                 Net::ServerClosed(conn) => self.core.handle_closed(now, conn),
                 Net::WriteDone(conn) => self.core.handle_write_done(now, conn, true),
-                Net::ToServer(..) | Net::ClientShutdown(_) => {}
+                Net::Accept(..) | Net::ToServer(..) | Net::ClientShutdown(_) => {}
             }
         }
         self.tickets.drain_ready(&mut self.loaded);
@@ -351,6 +416,7 @@ impl Sim {
             }
         }
         self.tickets.flush();
+        self.tickets.drain_ready(&mut self.loaded);
         while let Some(item) = self.core.peek_delivery() {
             if self.sink.len() >= self.cfg.sink_capacity {
                 self.core.sink_full();
@@ -370,13 +436,18 @@ impl Sim {
                 Io::Connect { conn, src, .. } => {
                     *self.connects_by_source.entry(src).or_default() += 1;
                     let ok = !self.refuse_connects;
-                    self.schedule(latency, Net::Connect(conn, ok));
+                    self.schedule(latency, Net::Accept(conn, ok));
                 }
                 Io::Write { conn, data } => {
                     self.schedule(latency, Net::ToServer(conn, data));
                     self.schedule(0, Net::WriteDone(conn));
                 }
-                Io::Shutdown(conn) => self.schedule(latency, Net::ClientShutdown(conn)),
+                Io::Shutdown(conn) => {
+                    // The socket is gone: so are its pause and the reads it held back.
+                    self.paused.remove(&conn);
+                    self.held_reads.retain(|(c, _)| *c != conn);
+                    self.schedule(latency, Net::ClientShutdown(conn));
+                }
                 Io::PauseRead(conn) => {
                     self.paused.insert(conn);
                 }

@@ -4,113 +4,13 @@
 //! on the hot path. The control plane receives snapshots over a channel and merges them.
 //! Must not touch: sockets, device state.
 
+mod counters;
 pub mod prometheus;
 
-use std::collections::BTreeMap;
+pub use counters::{Counters, Field, Kind, Reading};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-
-/// Monotonic counters and gauges of one shard (or, merged, of the fleet).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    /// Devices that were started.
-    pub devices_started: u64,
-    /// TCP connects attempted.
-    pub connects: u64,
-    /// TCP connects that succeeded.
-    pub connected: u64,
-    /// TCP connects that failed or timed out.
-    pub connect_failures: u64,
-    /// Handshakes that completed (HandshakeOk received).
-    pub handshakes: u64,
-    /// Fast connects that completed (FastConnectOk received).
-    pub fast_connects: u64,
-    /// Fast connects the server refused (ERROR 103 / 104), each followed by a handshake.
-    pub fast_connect_rejected: u64,
-    /// Binds acknowledged by OK.
-    pub bound: u64,
-    /// Heartbeat bytes sent.
-    pub heartbeats_sent: u64,
-    /// Heartbeat bytes received.
-    pub heartbeats_received: u64,
-    /// Pushes received.
-    pub pushes_received: u64,
-    /// Acks sent.
-    pub acks_sent: u64,
-    /// Kicks received.
-    pub kicks: u64,
-    /// Reconnects scheduled after a lost connection.
-    pub reconnects: u64,
-    /// Connections given up after two read checks without data.
-    pub read_timeouts: u64,
-    /// Requests (handshake, fast connect, bind) that timed out.
-    pub request_timeouts: u64,
-    /// Frames that failed to decode, decrypt or inflate.
-    pub decode_errors: u64,
-    /// Connections the server closed.
-    pub peer_closed: u64,
-    /// Tickets written to the store.
-    pub tickets_saved: u64,
-    /// Ticket lookups that found a usable ticket.
-    pub tickets_found: u64,
-    /// Ticket store operations that failed.
-    pub ticket_errors: u64,
-    /// ERROR replies by code.
-    pub errors: BTreeMap<u8, u64>,
-    /// Devices online now (handshake or fast connect done, connection up).
-    pub online: i64,
-    /// Devices whose connection is up now.
-    pub connections: i64,
-    /// Devices that have been online at least once.
-    pub ever_online: u64,
-    /// Shards draining for a graceful stop (reads stopped, waiting for the sink's acks).
-    pub draining_shards: i64,
-}
-
-impl Counters {
-    /// Adds `other` into `self`.
-    pub fn merge(&mut self, other: &Counters) {
-        macro_rules! add {
-            ($($f:ident),*) => { $( self.$f += other.$f; )* };
-        }
-        add!(
-            devices_started,
-            connects,
-            connected,
-            connect_failures,
-            handshakes,
-            fast_connects,
-            fast_connect_rejected,
-            bound,
-            heartbeats_sent,
-            heartbeats_received,
-            pushes_received,
-            acks_sent,
-            kicks,
-            reconnects,
-            read_timeouts,
-            request_timeouts,
-            decode_errors,
-            peer_closed,
-            tickets_saved,
-            tickets_found,
-            ticket_errors,
-            online,
-            connections,
-            ever_online,
-            draining_shards
-        );
-        for (code, n) in &other.errors {
-            *self.errors.entry(*code).or_default() += n;
-        }
-    }
-
-    /// Counts an ERROR reply.
-    pub fn error(&mut self, code: u8) {
-        *self.errors.entry(code).or_default() += 1;
-    }
-}
 
 /// The latencies the fleet measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

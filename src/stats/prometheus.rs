@@ -29,7 +29,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{Latency, ShardStats};
+use super::{Counters, Latency, Reading, ShardStats};
 
 /// Histogram bucket upper bounds, seconds: 0.5 ms to 60 s, about three per decade, which
 /// covers loopback connects and slow handshakes under load alike.
@@ -37,9 +37,6 @@ pub const BUCKETS_SECS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
-
-/// Counters that go up and down: exposed as gauges, not counters.
-const GAUGES: [&str; 2] = ["online", "connections"];
 
 /// What the endpoint reads on each scrape.
 pub type StatsSource = Arc<dyn Fn() -> ShardStats + Send + Sync>;
@@ -206,36 +203,27 @@ struct Snapshot(ShardStats);
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let c = &self.0.counters;
-        // Walk the serde form of `Counters`, so a field added there shows up here unasked.
-        let value = serde_json::to_value(c).map_err(|_| fmt::Error)?;
-        let serde_json::Value::Object(fields) = value else {
-            return Err(fmt::Error);
-        };
-        for (name, v) in &fields {
-            if name == "errors" {
-                continue;
+        // Names, kinds and help texts come from the counters' one table.
+        for field in Counters::FIELDS {
+            let (name, help) = (field.prometheus, field.doc);
+            match (field.read)(c) {
+                Reading::Count(n) => {
+                    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                    m.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+                Reading::Level(n) => {
+                    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                    m.encode_gauge(&n)?;
+                }
+                Reading::ByCode(codes) => {
+                    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                    for (code, n) in codes {
+                        let labels = [("code", code.to_string())];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+                    }
+                }
             }
-            let help = format!("mpush-fleet counter {name}");
-            if GAUGES.contains(&name.as_str()) {
-                let n = v.as_i64().unwrap_or_default();
-                let mut m = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
-                m.encode_gauge(&n)?;
-            } else {
-                let n = v.as_u64().unwrap_or_default();
-                let mut m = encoder.encode_descriptor(name, &help, None, MetricType::Counter)?;
-                m.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
-            "server_errors",
-            "ERROR replies from the server, by error code",
-            None,
-            MetricType::Counter,
-        )?;
-        for (code, n) in &c.errors {
-            let labels = [("code", code.to_string())];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
         let mut m = encoder.encode_descriptor(
             "latency_seconds",

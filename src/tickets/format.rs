@@ -12,6 +12,10 @@ use serde_json::{Map, Value};
 
 use crate::crypto::{self, AesCipher, CryptoError};
 
+/// The ticket value lives in the device core; its JSON form is defined here, at the store
+/// edge. Re-exported so `tickets::format::ClientTicket` keeps working.
+pub use crate::device::ClientTicket;
+
 /// Default key prefix of client tickets (Java `CacheKeys.getDeviceIdKey`).
 pub const CLIENT_TICKET_PREFIX: &str = "mp:fcd:";
 /// Default key prefix of reusable sessions (Java `CacheKeys.getSessionKey`).
@@ -44,17 +48,8 @@ pub enum TicketFormatError {
     FieldCount(usize),
 }
 
-/// The client's fast-connect ticket (PROTOCOL.md 7), stored under [`client_ticket_key`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientTicket {
-    /// The server's session id (opaque; the real server's is lowercase hex MD5).
-    pub session_id: String,
-    /// When the server forgets the session, in ms since the Unix epoch.
-    pub expire_time_ms: i64,
-    /// The session cipher: the mixed session key and the handshake iv.
-    pub cipher: AesCipher,
-}
-
+// The JSON of the core's ticket: an inherent impl may live in any module of the crate, so
+// callers keep `ticket.to_json()` / `ClientTicket::from_json(..)`.
 impl ClientTicket {
     /// The JSON text. Field order is the Java writer's (a `HashMap<String, String>`, whose
     /// iteration order for these three keys is expireTime, sessionId, cipherStr), so the bytes

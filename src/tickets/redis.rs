@@ -1,5 +1,5 @@
-//! Client tickets in Redis through fred ([`RedisTickets`]), and the reference server's
-//! reusable sessions in the same Redis ([`RedisSessions`], in `redis/sessions.rs`).
+//! Client tickets in Redis through fred ([`RedisTickets`]); the reference server's reusable
+//! sessions in the same Redis are [`super::sessions::RedisSessions`], sharing [`RedisConfig`].
 //!
 //! Values are the Java tools' own (PROTOCOL.md 7, [`super::format`]), so a fleet shares a Redis
 //! with a real MPUSH client or server. A shard never waits on Redis:
@@ -21,8 +21,6 @@
 //! Writes are `SET key value PX ttl`, one atomic command (the seed's SET then EXPIRE leaves a
 //! ticket without a TTL if the second command is lost).
 
-mod sessions;
-
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,10 +33,9 @@ use fred::prelude::{
 };
 use fred::types::config::TcpConfig;
 
-use super::format::{client_ticket_key, ClientTicket, CLIENT_TICKET_PREFIX};
+use super::format::{ClientTicket, CLIENT_TICKET_PREFIX};
 use super::store::{Loaded, StoreCounters, TicketStore, Wake};
-
-pub use sessions::RedisSessions;
+use crate::device::Template;
 
 /// The most commands in one pipeline: one socket write of a few hundred KiB at most, so one
 /// big turn does not hold up the next turn's requests behind it.
@@ -100,7 +97,7 @@ impl RedisConfig {
     }
 
     /// A fred client for this configuration, not yet connected.
-    fn build_client(&self, config: Config) -> Result<fred::prelude::Client, FredError> {
+    pub(crate) fn build_client(&self, config: Config) -> Result<fred::prelude::Client, FredError> {
         let timeout = self.command_timeout;
         let mut builder = Builder::from_config(config);
         builder
@@ -152,7 +149,7 @@ impl Health {
 #[derive(Debug)]
 enum Op {
     Load {
-        token: u32,
+        device: u32,
         key: String,
     },
     Save {
@@ -193,6 +190,10 @@ struct Conn {
 /// The Redis ticket store of one shard. See the module doc.
 pub struct RedisTickets {
     cfg: Arc<RedisConfig>,
+    /// The fleet's device id template: keys are rendered here, at the edge, from the index.
+    device_id: Arc<Template>,
+    /// Reused while a key is built, so a key costs one exact-size allocation.
+    key_buf: String,
     fred: Config,
     health: Arc<Health>,
     conn: Option<Conn>,
@@ -218,13 +219,15 @@ impl std::fmt::Debug for RedisTickets {
 }
 
 impl RedisTickets {
-    /// A store for one shard. Parses the URL and nothing more: it connects when the shard
-    /// first attaches or flushes it, in the shard's runtime.
+    /// A store for one shard whose devices' ids come from `device_id` (the fleet's
+    /// `device_id` template: device `i`'s key is the prefix + `device_id.render(i)`). Parses
+    /// the URL and nothing more: it connects when the shard first attaches or flushes it, in
+    /// the shard's runtime.
     ///
     /// # Errors
     /// [`BadRedisUrl`].
-    pub fn new(config: RedisConfig) -> Result<Self, BadRedisUrl> {
-        Self::with_health(Arc::new(config), Arc::default())
+    pub fn new(config: RedisConfig, device_id: Template) -> Result<Self, BadRedisUrl> {
+        Self::with_health(Arc::new(config), Arc::new(device_id), Arc::default())
     }
 
     /// One store per shard, sharing one outage log.
@@ -233,21 +236,29 @@ impl RedisTickets {
     /// [`BadRedisUrl`].
     pub fn fleet(
         config: RedisConfig,
+        device_id: Template,
         shards: usize,
     ) -> Result<Vec<Box<dyn TicketStore>>, BadRedisUrl> {
         let (cfg, health) = (Arc::new(config), Arc::<Health>::default());
+        let device_id = Arc::new(device_id);
         (0..shards)
             .map(|_| {
-                Self::with_health(cfg.clone(), health.clone())
+                Self::with_health(cfg.clone(), device_id.clone(), health.clone())
                     .map(|s| Box::new(s) as Box<dyn TicketStore>)
             })
             .collect()
     }
 
-    fn with_health(cfg: Arc<RedisConfig>, health: Arc<Health>) -> Result<Self, BadRedisUrl> {
+    fn with_health(
+        cfg: Arc<RedisConfig>,
+        device_id: Arc<Template>,
+        health: Arc<Health>,
+    ) -> Result<Self, BadRedisUrl> {
         let fred = cfg.fred_config()?;
         Ok(RedisTickets {
             cfg,
+            device_id,
+            key_buf: String::new(),
             fred,
             health,
             conn: None,
@@ -257,6 +268,15 @@ impl RedisTickets {
             failed: Vec::new(),
             counters: StoreCounters::default(),
         })
+    }
+
+    /// The Redis key of device `device`: the prefix and its rendered id (the same bytes as
+    /// [`client_ticket_key`](super::format::client_ticket_key) of the id).
+    fn key(&mut self, device: u32) -> String {
+        self.key_buf.clear();
+        self.key_buf.push_str(&self.cfg.prefix);
+        self.device_id.render_into(device.into(), &mut self.key_buf);
+        self.key_buf.as_str().to_owned()
     }
 
     /// Starts a fred client in the current runtime.
@@ -293,7 +313,7 @@ impl RedisTickets {
     fn fail_queue(&mut self, error: &FredError) {
         for op in self.queue.drain(..) {
             let what = match op {
-                Op::Load { token, .. } => What::Load(token),
+                Op::Load { device, .. } => What::Load(device),
                 Op::Save { .. } => What::Save,
                 Op::Delete { .. } => What::Delete,
             };
@@ -318,9 +338,9 @@ impl RedisTickets {
                 } else {
                     tracing::debug!(error = %error, "Redis refused a ticket command");
                 }
-                if let What::Load(token) = reply.what {
+                if let What::Load(device) = reply.what {
                     out.push(Loaded {
-                        token,
+                        device,
                         ticket: None,
                     });
                 }
@@ -328,7 +348,7 @@ impl RedisTickets {
             }
         };
         match reply.what {
-            What::Load(token) => {
+            What::Load(device) => {
                 let ticket = match decode(value) {
                     Ok(ticket) => ticket,
                     Err(why) => {
@@ -338,7 +358,7 @@ impl RedisTickets {
                         None
                     }
                 };
-                out.push(Loaded { token, ticket });
+                out.push(Loaded { device, ticket });
             }
             What::Save => self.counters.saved += 1,
             What::Delete => {}
@@ -409,7 +429,7 @@ async fn run_pipeline(
     for op in ops {
         // Queuing only copies into the pipeline's buffer; an error here is a bad argument.
         let (what, queued): (What, Result<(), FredError>) = match op {
-            Op::Load { token, key } => (What::Load(token), pipe.get(key).await),
+            Op::Load { device, key } => (What::Load(device), pipe.get(key).await),
             Op::Save { key, value, ttl_ms } => (
                 What::Save,
                 pipe.set(key, value, Some(Expiration::PX(ttl_ms)), None, false)
@@ -463,24 +483,25 @@ impl TicketStore for RedisTickets {
         }
     }
 
-    fn load(&mut self, token: u32, device_id: &str) {
-        let key = client_ticket_key(&self.cfg.prefix, device_id);
-        self.queue.push_back(Op::Load { token, key });
+    fn load(&mut self, device: u32) {
+        let key = self.key(device);
+        self.queue.push_back(Op::Load { device, key });
     }
 
-    fn save(&mut self, device_id: &str, ticket: &ClientTicket, wall_ms: i64) {
+    fn save(&mut self, device: u32, ticket: &ClientTicket, wall_ms: i64) {
         let Some(ttl_ms) = ticket_ttl_ms(ticket, wall_ms, self.cfg.ticket_ttl) else {
             return; // expired: nothing worth keeping
         };
+        let key = self.key(device);
         self.queue.push_back(Op::Save {
-            key: client_ticket_key(&self.cfg.prefix, device_id),
+            key,
             value: ticket.to_json(),
             ttl_ms,
         });
     }
 
-    fn delete(&mut self, device_id: &str) {
-        let key = client_ticket_key(&self.cfg.prefix, device_id);
+    fn delete(&mut self, device: u32) {
+        let key = self.key(device);
         self.queue.push_back(Op::Delete { key });
     }
 
@@ -586,18 +607,31 @@ mod tests {
         assert!(decode(Value::from(good.replacen("|1|", "|300|", 1).as_str())).is_err());
     }
 
+    fn open_store(url: &str) -> Result<RedisTickets, BadRedisUrl> {
+        RedisTickets::new(RedisConfig::new(url), Template::new("d-{i}"))
+    }
+
+    #[test]
+    fn keys_are_rendered_from_the_index_at_the_edge() {
+        let mut store = open_store("redis://127.0.0.1:1/0").unwrap();
+        assert_eq!(store.key(7), "mp:fcd:d-7");
+        assert_eq!(store.key(u32::MAX), format!("mp:fcd:d-{}", u32::MAX));
+        assert_eq!(
+            store.key(12),
+            crate::tickets::format::client_ticket_key(CLIENT_TICKET_PREFIX, "d-12")
+        );
+    }
+
     #[test]
     fn urls_parse_without_connecting() {
-        let store = RedisTickets::new(RedisConfig::new("redis://127.0.0.1:1/0"));
+        let store = open_store("redis://127.0.0.1:1/0");
         assert!(store.is_ok());
-        assert!(RedisTickets::new(RedisConfig::new("redis-cluster://127.0.0.1:7000")).is_ok());
-        assert!(RedisTickets::new(RedisConfig::new(
-            "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=mymaster"
-        ))
-        .is_ok());
-        let bad =
-            RedisTickets::new(RedisConfig::new("redis://user:secret@host:99999999/0")).unwrap_err();
+        assert!(open_store("redis-cluster://127.0.0.1:7000").is_ok());
+        assert!(
+            open_store("redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=mymaster").is_ok()
+        );
+        let bad = open_store("redis://user:secret@host:99999999/0").unwrap_err();
         assert!(!bad.to_string().contains("secret"), "{bad}");
-        assert!(RedisTickets::new(RedisConfig::new("not a url")).is_err());
+        assert!(open_store("not a url").is_err());
     }
 }

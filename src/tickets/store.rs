@@ -13,11 +13,11 @@ use super::format::ClientTicket;
 /// Tells a shard that a store has answers ready.
 pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
 
-/// The answer to a lookup: `token` is what the shard passed to [`TicketStore::load`].
+/// The answer to a lookup of [`TicketStore::load`].
 #[derive(Debug)]
 pub struct Loaded {
-    /// The shard's token (its device slot).
-    pub token: u32,
+    /// The global device index the lookup was for.
+    pub device: u32,
     /// The ticket, or `None` when absent, unreadable, or the store failed (the device then
     /// handshakes; failures are counted by the store).
     pub ticket: Option<ClientTicket>,
@@ -34,18 +34,23 @@ pub struct StoreCounters {
 
 /// A ticket store as a shard drives it. Stores move between threads (a control plane keeps
 /// them between runs), so they are `Send`.
+///
+/// Requests name a device by its global index, never by its id string: the core holds no
+/// strings per device. A store that needs the id (Redis keys) renders it at its edge from the
+/// fleet's [`Template`](crate::device::Template).
 pub trait TicketStore: Send {
     /// Gives the store the shard's wake-up, before first use. A store that answers
     /// asynchronously calls it when answers are ready; the default ignores it.
     fn attach(&mut self, wake: Wake) {
         let _ = wake;
     }
-    /// Requests the ticket of `device_id`; the answer comes back with `token`.
-    fn load(&mut self, token: u32, device_id: &str);
-    /// Stores a ticket. Its lifetime never exceeds the ticket's expire time.
-    fn save(&mut self, device_id: &str, ticket: &ClientTicket, wall_ms: i64);
-    /// Drops a ticket.
-    fn delete(&mut self, device_id: &str);
+    /// Requests the ticket of device `device` (global index); the answer comes back as a
+    /// [`Loaded`] with the same index.
+    fn load(&mut self, device: u32);
+    /// Stores the ticket of device `device`. Its lifetime never exceeds its expire time.
+    fn save(&mut self, device: u32, ticket: &ClientTicket, wall_ms: i64);
+    /// Drops the ticket of device `device`.
+    fn delete(&mut self, device: u32);
     /// Sends what this turn requested (a networked store pipelines here).
     fn flush(&mut self);
     /// Moves the answers that are ready into `out`.
@@ -58,10 +63,11 @@ pub trait TicketStore: Send {
 
 /// The embedded default: a map owned by one shard. A device belongs to one shard for life, so
 /// the shard's map holds all of its tickets and needs no lock. Between runs in one process the
-/// control plane keeps the maps, so a second run comes back by fast connect.
+/// control plane keeps the maps, so a second run comes back by fast connect. Keyed by the
+/// device index: no strings.
 #[derive(Debug, Default)]
 pub struct MemoryTickets {
-    tickets: HashMap<String, ClientTicket>,
+    tickets: HashMap<u32, ClientTicket>,
     ready: Vec<Loaded>,
     counters: StoreCounters,
 }
@@ -82,26 +88,26 @@ impl MemoryTickets {
         self.tickets.is_empty()
     }
 
-    /// The stored ticket of a device, if any.
-    pub fn get(&self, device_id: &str) -> Option<&ClientTicket> {
-        self.tickets.get(device_id)
+    /// The stored ticket of device `device` (global index), if any.
+    pub fn get(&self, device: u32) -> Option<&ClientTicket> {
+        self.tickets.get(&device)
     }
 }
 
 impl TicketStore for MemoryTickets {
-    fn load(&mut self, token: u32, device_id: &str) {
-        let ticket = self.tickets.get(device_id).cloned();
-        self.ready.push(Loaded { token, ticket });
+    fn load(&mut self, device: u32) {
+        let ticket = self.tickets.get(&device).cloned();
+        self.ready.push(Loaded { device, ticket });
     }
 
-    fn save(&mut self, device_id: &str, ticket: &ClientTicket, _wall_ms: i64) {
+    fn save(&mut self, device: u32, ticket: &ClientTicket, _wall_ms: i64) {
         // Expiry is checked by the device when it loads the ticket.
-        self.tickets.insert(device_id.to_owned(), ticket.clone());
+        self.tickets.insert(device, ticket.clone());
         self.counters.saved += 1;
     }
 
-    fn delete(&mut self, device_id: &str) {
-        self.tickets.remove(device_id);
+    fn delete(&mut self, device: u32) {
+        self.tickets.remove(&device);
     }
 
     fn flush(&mut self) {}
@@ -132,15 +138,16 @@ mod tests {
             expire_time_ms: 5,
             cipher: AesCipher::new([1; 16], [2; 16]),
         };
-        store.save("d-1", &t, 0);
-        store.load(3, "d-1");
-        store.load(4, "d-2");
+        store.save(1, &t, 0);
+        store.load(1);
+        store.load(2);
         let mut out = Vec::new();
         store.drain_ready(&mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].token, out[0].ticket.as_ref()), (3, Some(&t)));
-        assert_eq!((out[1].token, out[1].ticket.as_ref()), (4, None));
-        store.delete("d-1");
+        assert_eq!((out[0].device, out[0].ticket.as_ref()), (1, Some(&t)));
+        assert_eq!((out[1].device, out[1].ticket.as_ref()), (2, None));
+        assert_eq!(store.get(1), Some(&t));
+        store.delete(1);
         assert!(store.is_empty());
         assert_eq!(store.take_counters().saved, 1);
     }

@@ -46,8 +46,8 @@ pub use sink::{SinkItem, SinkToken};
 
 use crate::crypto::AesBatch;
 use crate::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
-use crate::proto::{FrameDecoder, MsgId, Unit};
-use crate::stats::{Latency, ShardStats};
+use crate::proto::{FrameDecoder, Unit};
+use crate::stats::ShardStats;
 use crate::tickets::format::ClientTicket;
 
 use io::Conn;

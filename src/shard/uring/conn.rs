@@ -68,7 +68,6 @@ impl Queue {
 }
 
 /// What the loop shares with one connection's reader and writer.
-#[derive(Debug)]
 pub(super) struct ConnIo {
     pub(super) id: ConnId,
     stream: TcpStream,
@@ -82,6 +81,16 @@ pub(super) struct ConnIo {
     queued_writes: Cell<u32>,
     shutdown: Cell<bool>,
     writer_wake: Notify,
+}
+
+impl std::fmt::Debug for ConnIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnIo")
+            .field("id", &self.id)
+            .field("paused", &self.paused.get())
+            .field("shutdown", &self.shutdown.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnIo {

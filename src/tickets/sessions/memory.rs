@@ -1,47 +1,14 @@
-//! Where the server keeps reusable sessions for fast connect (`mp:rs:<sessionId>`).
+//! [`MemoryStore`]: the reference server's default reusable-session store, in process.
 //!
-//! The interface is async through boxed futures, so that a Redis client (fred, in a later
-//! issue) implements it without blocking a runtime thread, and the trait stays object-safe
-//! (`Arc<dyn SessionStore>`). Values travel as [`ReusableSession`]; a store that persists
-//! them uses its `mp:rs:` text form ([`ReusableSession::encode`]), as [`MemoryStore`] does,
-//! so the in-memory store exercises the same format as Redis would.
+//! It keeps the `mp:rs:` text form ([`ReusableSession::encode`]), not the decoded value, so
+//! the in-memory store exercises the same format as Redis does.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::{SessionStore, StoreFuture};
 use crate::tickets::format::ReusableSession;
-
-/// A boxed, sendable store operation.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// Why a store operation failed. Rare (a backend fault), so a string is fine here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The backend failed (connection lost, command refused).
-    #[error("session store backend: {0}")]
-    Backend(String),
-}
-
-/// Reusable sessions by session id, each with a time to live.
-pub trait SessionStore: Send + Sync + 'static {
-    /// The live session stored under `session_id`, or `None` when it is missing, expired, or
-    /// its stored value does not decode (the real server then answers ERROR 103 as well).
-    fn get<'a>(&'a self, session_id: &'a str) -> StoreFuture<'a, Option<ReusableSession>>;
-
-    /// Stores `session` under `session_id` for `ttl` (the real server's `SET key value EX`).
-    fn put<'a>(
-        &'a self,
-        session_id: &'a str,
-        session: &'a ReusableSession,
-        ttl: Duration,
-    ) -> StoreFuture<'a, ()>;
-
-    /// Fault switch: expires every session. Returns how many were dropped.
-    fn expire_all(&self) -> StoreFuture<'_, u64>;
-}
 
 /// The default store: a mutex-guarded map of `mp:rs:` values with deadlines.
 #[derive(Debug, Default)]

@@ -11,9 +11,9 @@ use fred::prelude::{
 use futures::StreamExt as _;
 use tokio::sync::OnceCell;
 
-use super::{BadRedisUrl, RedisConfig};
-use crate::server::store::{SessionStore, StoreError, StoreFuture};
+use super::{SessionStore, StoreError, StoreFuture};
 use crate::tickets::format::{reusable_session_key, ReusableSession, REUSABLE_SESSION_PREFIX};
+use crate::tickets::redis::{BadRedisUrl, RedisConfig};
 
 /// Keys deleted per pipeline by [`SessionStore::expire_all`].
 const DELETE_BATCH: usize = 512;

@@ -73,6 +73,8 @@ pub(super) struct ConnIo {
     stream: TcpStream,
     /// The read buffer while the loop holds it (between a read and the next).
     pub(super) read_buf: RefCell<Option<BytesMut>>,
+    /// The loop holds the read buffer; the reader waits for `give_back`.
+    with_loop: Cell<bool>,
     read_size: Cell<usize>,
     paused: Cell<bool>,
     reader_wake: Notify,
@@ -100,6 +102,7 @@ impl ConnIo {
             id,
             stream: TcpStream::from_std(stream),
             read_buf: RefCell::new(None),
+            with_loop: Cell::new(false),
             read_size: Cell::new(IDLE_READ),
             paused: Cell::new(false),
             reader_wake: Notify::new(),
@@ -117,6 +120,7 @@ impl ConnIo {
     pub(super) fn give_back(&self, buf: BytesMut, size: usize) {
         *self.read_buf.borrow_mut() = Some(buf);
         self.read_size.set(size);
+        self.with_loop.set(false);
         self.reader_wake.notify_one();
     }
 
@@ -160,14 +164,17 @@ async fn read_loop(io: Rc<ConnIo>, queue: Queue) {
         match res {
             Ok(n) if n > 0 => {
                 *io.read_buf.borrow_mut() = Some(back);
+                io.with_loop.set(true);
                 queue.push(Completion::Readable(io.id));
-                loop {
-                    if let Some(b) = io.read_buf.borrow_mut().take() {
-                        buf = b;
-                        break;
+                while io.with_loop.get() {
+                    if io.shutdown.get() {
+                        queue.push(Completion::Closed(io.id));
+                        return;
                     }
                     io.reader_wake.notified().await;
                 }
+                let back = io.read_buf.borrow_mut().take();
+                buf = back.unwrap_or_default();
             }
             _ => {
                 queue.push(Completion::Closed(io.id));

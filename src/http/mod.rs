@@ -163,3 +163,24 @@ pub fn spawn(addr: SocketAddr, router: Router, name: &str) -> anyhow::Result<Htt
         thread: Some(thread),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trimmed(uri: &str) -> String {
+        let req = Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        trim_trailing_slash(req).uri().to_string()
+    }
+
+    #[test]
+    fn trailing_slashes_are_trimmed_and_queries_kept() {
+        assert_eq!(trimmed("/stats/"), "/stats");
+        assert_eq!(trimmed("/fault/delay-ms/5//?x=1"), "/fault/delay-ms/5?x=1");
+        assert_eq!(trimmed("/"), "/");
+        assert_eq!(trimmed("/metrics"), "/metrics");
+    }
+}

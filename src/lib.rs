@@ -19,14 +19,19 @@
 //!   sockets and buffers, one deadline heap for all their timers, and its ticket-store client;
 //!   each loop turn's AES work goes through one batch.
 //! - [`tickets`]: the Java-compatible `mp:fcd:` / `mp:rs:` values and the stores (in memory;
-//!   Redis through fred, pipelined per loop turn).
+//!   Redis through fred, pipelined per loop turn), keyed by device index; and the reference
+//!   server's reusable-session store. It imports nothing from `server`.
 //! - [`sink`]: where a proxy hands received pushes (stdout, file, Unix socket), with the
 //!   acceptance that lets a BIZ_ACK push be acked upstream.
 //! - [`control`]: the CLI, configuration, shard start-up, status, report and exit code. It
 //!   talks to shards only over crossbeam channels.
-//! - [`stats`]: per-shard counters and HDR histograms, merged by the control plane; Prometheus.
+//! - [`stats`]: per-shard counters (one table: names, kinds, merge) and HDR histograms,
+//!   merged by the control plane; their Prometheus text. No sockets.
+//! - [`http`]: the one HTTP server (axum) for every endpoint: `--metrics`, `serve`'s admin
+//!   API, later the control API.
 //!
-//! And an independent peer that shares only [`proto`] and [`crypto`]:
+//! And an independent peer that shares only [`proto`], [`crypto`], [`tickets`] (formats and
+//! the session store) and [`http`]:
 //!
 //! - [`server`]: the reference MPUSH server (`mpush-fleet serve`), for tests, the embedded
 //!   default of `run`, and as a local stand-in for staging.
@@ -35,6 +40,7 @@
 pub mod control;
 pub mod crypto;
 pub mod device;
+pub mod http;
 pub mod proto;
 pub mod server;
 pub mod shard;

@@ -5,19 +5,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use mpush_fleet::stats::prometheus::serve_metrics;
+use mpush_fleet::http::metrics::serve_metrics;
 use mpush_fleet::stats::{Latency, ShardStats};
 
-/// One HTTP GET; returns (status line, body).
+/// One HTTP GET on its own connection (`Connection: close`); returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
-    // The server closes after one response.
+    // The server closes after the response, as the request asked.
     s.read_to_string(&mut resp).unwrap();
     let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
     (head.lines().next().unwrap().to_string(), body.to_string())
@@ -108,11 +108,55 @@ fn scrape_parses_with_counters_gauges_and_histograms() {
 
     // Anything else is answered, not crashed on.
     assert_eq!(get(addr, "/").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        get(addr, "/metrics/").0,
+        "HTTP/1.1 200 OK",
+        "trailing slash"
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /metrics HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"garbage\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+
+    // Keep-alive: two scrapes on one connection, then a shutdown with it still open.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..2 {
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        // Read until the whole body is in (its length is in the head).
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed mid-response");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                    break;
+                }
+            }
+        }
+    }
     server.shutdown();
+    drop(s);
 }

@@ -19,8 +19,8 @@ use super::report::{status_line, ProcessCost, RunReport};
 use super::{memory_stores, Fleet, FleetConfig};
 use crate::crypto::RsaEncryptor;
 use crate::device::{DeviceConfig, Template};
+use crate::http::metrics::serve_metrics;
 use crate::sink::{Sink, SinkSpec};
-use crate::stats::prometheus::serve_metrics;
 use crate::stats::{Counters, ShardStats};
 use crate::tickets::{RedisConfig, RedisTickets};
 

@@ -1,5 +1,5 @@
-//! The admin API: minimal HTTP/1.1 + JSON on a loopback listener, hand-rolled on tokio (one
-//! request per connection, `Connection: close`), so the server needs no HTTP dependency.
+//! The admin API: HTTP + JSON on a loopback listener, an axum [`Router`] served by the
+//! process's one HTTP server ([`crate::http`]) in the server's runtime.
 //!
 //! | method, path | body | answer |
 //! |---|---|---|
@@ -20,113 +20,161 @@
 //! `"content_b64": "..."`, and `"ack": "none"` (default), `"auto"` or `"biz"`. Errors come
 //! back as 400 / 404 with `{"error": "..."}`.
 
+use axum::body::Bytes as Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::runtime::{PushTarget, ServerOps};
 use super::shared::AckMode;
+use crate::http::Router;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
 
 pub(crate) async fn serve(listener: TcpListener, ops: ServerOps, mut stop: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream, ops.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let stop = async move {
+        // Err: the handle is gone, which stops the server too.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    crate::http::serve(listener, router(ops), stop).await;
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
+/// A JSON answer.
+type Answer = (u16, Value);
+
+/// The routes (one line each: issue 13's control API adds its own the same way); an unknown
+/// path or method is a 404 with `{"error": "no route ..."}`.
+fn router(ops: ServerOps) -> Router {
+    Router::new()
+        .route("/stats", get(stats))
+        .route("/peers", get(peers))
+        .route("/pushes", get(pushes))
+        .route("/acks", get(pushes))
+        .route("/faults", get(fault_state))
+        .route("/push", post(push_route))
+        .route("/kick", post(kick))
+        .route("/fault/{name}", post(fault_route))
+        .route("/fault/{name}/{arg}", post(fault_arg_route))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ops)
 }
 
-async fn handle(mut stream: TcpStream, ops: ServerOps) {
-    let (status, body) = match read_request(&mut stream).await {
-        Ok(req) => route(&ops, &req).await,
-        Err(msg) => (400, json!({ "error": msg })),
-    };
-    let body = body.to_string();
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Internal Server Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
+type Ops = State<ServerOps>;
+
+async fn stats(State(ops): Ops) -> Response {
+    reply((200, json!(ops.stats())))
 }
 
-async fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
+async fn peers(State(ops): Ops) -> Response {
+    let peers: Vec<String> = ops.peers().iter().map(ToString::to_string).collect();
+    reply((200, json!({ "peers": peers })))
+}
+
+async fn pushes(State(ops): Ops) -> Response {
+    reply((200, json!({ "pushes": ops.pushes() })))
+}
+
+async fn fault_state(State(ops): Ops) -> Response {
+    reply(faults(&ops))
+}
+
+async fn push_route(State(ops): Ops, body: Body) -> Response {
+    reply(match push(&ops, &body) {
+        Ok(v) | Err(v) => v,
+    })
+}
+
+async fn kick(State(ops): Ops, body: Body) -> Response {
+    reply(match serde_json::from_slice::<KickBody>(&body) {
+        Ok(k) => (200, json!({ "kicked": ops.kick(&k.user_id) })),
+        Err(e) => bad(format!("bad JSON body: {e}")),
+    })
+}
+
+async fn fault_route(State(ops): Ops, Path(name): Path<String>, body: Body) -> Response {
+    reply(fault(&ops, &name, None, &body).await)
+}
+
+async fn fault_arg_route(
+    State(ops): Ops,
+    Path((name, arg)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    reply(fault(&ops, &name, Some(&arg), &body).await)
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    reply((
+        404,
+        json!({ "error": format!("no route {method} {}", uri.path()) }),
+    ))
+}
+
+fn reply((status, body): Answer) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn faults(ops: &ServerOps) -> Answer {
+    (200, json!(ops.faults()))
+}
+
+/// `POST /fault/NAME[/VALUE]`. A switch takes its value from the path or a JSON body; the
+/// one-shot faults ignore a trailing segment, as they always did.
+async fn fault(ops: &ServerOps, switch: &str, arg: Option<&str>, body: &[u8]) -> Answer {
+    match switch {
+        "expire-sessions" => match ops.expire_sessions().await {
+            Ok(n) => (200, json!({ "expired": n })),
+            Err(e) => (500, json!({ "error": e.to_string() })),
+        },
+        "close-all" => (200, json!({ "closed": ops.close_all() })),
+        "garbage" => (200, json!({ "sent": ops.send_garbage() })),
+        "heartbeat-echo" | "reject-new" => {
+            let on = match switch_on(arg, body) {
+                Ok(on) => on,
+                Err(e) => return e,
+            };
+            if switch == "heartbeat-echo" {
+                ops.set_heartbeat_echo(on);
+            } else {
+                ops.set_reject_new(on);
+            }
+            faults(ops)
         }
-        if buf.len() > MAX_HEAD {
-            return Err("request head too large".into());
-        }
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-request".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split_whitespace();
-    let method = first.next().ok_or("no method")?.to_ascii_uppercase();
-    let target = first.next().ok_or("no path")?;
-    let path = target.split('?').next().unwrap_or_default().to_owned();
-    let mut content_length = 0usize;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length = value.trim().parse().map_err(|_| "bad Content-Length")?;
+        "delay-ms" => {
+            let ms = match arg {
+                Some(a) => a.parse().map_err(|_| bad("delay-ms wants a number")),
+                None => parse::<SwitchBody>(body)
+                    .and_then(|b| b.ms.ok_or_else(|| bad("body needs \"ms\""))),
+            };
+            match ms {
+                Ok(ms) => {
+                    ops.set_delay_ms(ms);
+                    faults(ops)
+                }
+                Err(e) => e,
             }
         }
+        _ => (
+            404,
+            json!({ "error": format!("no route POST /fault/{switch}{}", arg.map(|a| format!("/{a}")).unwrap_or_default()) }),
+        ),
     }
-    if content_length > MAX_BODY {
-        return Err("body too large".into());
-    }
-    let mut body = buf.split_off(head_end + 4);
-    while body.len() < content_length {
-        let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed mid-body".into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(content_length);
-    Ok(Request { method, path, body })
 }
 
 #[derive(Deserialize, Default)]
@@ -152,82 +200,18 @@ struct SwitchBody {
     ms: Option<u64>,
 }
 
-fn bad(msg: impl Into<String>) -> (u16, Value) {
+fn bad(msg: impl Into<String>) -> Answer {
     (400, json!({ "error": msg.into() }))
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, (u16, Value)> {
+fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answer> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
-async fn route(ops: &ServerOps, req: &Request) -> (u16, Value) {
-    let path = req.path.trim_end_matches('/');
-    let (base, arg) = match path.strip_prefix("/fault/") {
-        Some(rest) => match rest.split_once('/') {
-            Some((name, arg)) => (name, Some(arg)),
-            None => (rest, None),
-        },
-        None => (path, None),
-    };
-    let faults = |ops: &ServerOps| (200, json!(ops.faults()));
-    match (req.method.as_str(), path.starts_with("/fault/"), base) {
-        ("GET", false, "/stats") => (200, json!(ops.stats())),
-        ("GET", false, "/peers") => {
-            let peers: Vec<String> = ops.peers().iter().map(ToString::to_string).collect();
-            (200, json!({ "peers": peers }))
-        }
-        ("GET", false, "/pushes" | "/acks") => (200, json!({ "pushes": ops.pushes() })),
-        ("GET", false, "/faults") => faults(ops),
-        ("POST", false, "/push") => match push(ops, &req.body) {
-            Ok(v) | Err(v) => v,
-        },
-        ("POST", false, "/kick") => match serde_json::from_slice::<KickBody>(&req.body) {
-            Ok(k) => (200, json!({ "kicked": ops.kick(&k.user_id) })),
-            Err(e) => bad(format!("bad JSON body: {e}")),
-        },
-        ("POST", true, "expire-sessions") => match ops.expire_sessions().await {
-            Ok(n) => (200, json!({ "expired": n })),
-            Err(e) => (500, json!({ "error": e.to_string() })),
-        },
-        ("POST", true, "close-all") => (200, json!({ "closed": ops.close_all() })),
-        ("POST", true, "garbage") => (200, json!({ "sent": ops.send_garbage() })),
-        ("POST", true, "heartbeat-echo" | "reject-new") => {
-            let on = match switch_on(arg, &req.body) {
-                Ok(on) => on,
-                Err(e) => return e,
-            };
-            if base == "heartbeat-echo" {
-                ops.set_heartbeat_echo(on);
-            } else {
-                ops.set_reject_new(on);
-            }
-            faults(ops)
-        }
-        ("POST", true, "delay-ms") => {
-            let ms = match arg {
-                Some(a) => a.parse().map_err(|_| bad("delay-ms wants a number")),
-                None => parse::<SwitchBody>(&req.body)
-                    .and_then(|b| b.ms.ok_or_else(|| bad("body needs \"ms\""))),
-            };
-            match ms {
-                Ok(ms) => {
-                    ops.set_delay_ms(ms);
-                    faults(ops)
-                }
-                Err(e) => e,
-            }
-        }
-        _ => (
-            404,
-            json!({ "error": format!("no route {} {}", req.method, req.path) }),
-        ),
-    }
-}
-
-fn switch_on(arg: Option<&str>, body: &[u8]) -> Result<bool, (u16, Value)> {
+fn switch_on(arg: Option<&str>, body: &[u8]) -> Result<bool, Answer> {
     match arg {
         Some("on" | "true" | "1") => Ok(true),
         Some("off" | "false" | "0") => Ok(false),
@@ -238,7 +222,7 @@ fn switch_on(arg: Option<&str>, body: &[u8]) -> Result<bool, (u16, Value)> {
     }
 }
 
-fn push(ops: &ServerOps, body: &[u8]) -> Result<(u16, Value), (u16, Value)> {
+fn push(ops: &ServerOps, body: &[u8]) -> Result<Answer, Answer> {
     let p: PushBody =
         serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))?;
     let target = match (p.user_id, p.all) {

@@ -2,9 +2,11 @@
 //! Java server does, for the tests, for `mpush-fleet run`'s embedded default, and as a local
 //! stand-in (`mpush-fleet serve`).
 //!
-//! Owns: its own sans-IO session, the connection shell, the route table, the reusable-session
-//! store interface, fault switches and the admin API. Must not touch `device/` or `shard/`:
-//! it is an independent peer and shares only `proto`, `crypto` and `tickets` with the fleet.
+//! Owns: its own sans-IO session, the connection shell, the route table, fault switches and
+//! the admin API's routes. Must not touch `device/` or `shard/`: it is an independent peer
+//! and shares only `proto`, `crypto`, `tickets` (the formats and the reusable-session store)
+//! and `http` (the HTTP server its admin routes run on) with the fleet. Time is `u64` ms since
+//! the server started ([`Tick`]); wall clock is `i64` ms since the epoch.
 //!
 //! Layout:
 //! - [`session`]: [`ServerSession`], one connection's protocol state machine, sans-IO.
@@ -14,7 +16,7 @@
 //! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
 //! - `conn`: the tokio task per connection (the shell around a session).
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
-//! - `admin`: the loopback HTTP+JSON admin API.
+//! - `admin`: the loopback HTTP+JSON admin API, an axum router on [`crate::http`].
 //! - [`cli`]: `mpush-fleet serve` ([`ServeArgs`], [`serve_main`]).
 //!
 //! Facts checked against the real server (github mpusher/mpush, `mpush-core` handlers,

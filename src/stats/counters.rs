@@ -218,9 +218,11 @@ mod tests {
 
     #[test]
     fn the_table_matches_the_serde_form() {
-        let mut c = Counters::default();
-        c.handshakes = 7;
-        c.online = -2;
+        let mut c = Counters {
+            handshakes: 7,
+            online: -2,
+            ..Counters::default()
+        };
         c.error(103);
         c.error(103);
         c.error(104);

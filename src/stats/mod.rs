@@ -2,7 +2,8 @@
 //!
 //! Each shard owns one [`ShardStats`] and writes to it with plain adds: no atomics, no locks
 //! on the hot path. The control plane receives snapshots over a channel and merges them.
-//! Must not touch: sockets, device state.
+//! Must not touch: sockets, device state. It renders text ([`prometheus`]); serving it is
+//! [`crate::http`]'s job.
 
 mod counters;
 pub mod prometheus;

@@ -1,9 +1,6 @@
-//! `--metrics`: the fleet's counters and latency histograms as a Prometheus text endpoint.
-//!
-//! The exposition text comes from `prometheus-client` (text format 0.0.4); a scrape calls the
-//! source closure once, so the figures are the control plane's latest merge, never a shard's
-//! live state. A tiny std HTTP responder on its own thread answers `GET /metrics`: Prometheus
-//! scrapes every few seconds, one connection at a time is plenty.
+//! The fleet's counters and latency histograms as Prometheus exposition text, from
+//! `prometheus-client` (text format 0.0.4). Only the text: the `GET /metrics` endpoint that
+//! serves it is [`crate::http::metrics`], so `stats` has no sockets.
 //!
 //! Latencies are exposed as Prometheus *histograms* (`mpush_fleet_latency_seconds{op=..}`),
 //! not summaries: bucket counts add up across processes (several processes split one fleet),
@@ -14,14 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -38,84 +28,8 @@ pub const BUCKETS_SECS: [f64; 16] = [
     60.0,
 ];
 
-/// What the endpoint reads on each scrape.
-pub type StatsSource = Arc<dyn Fn() -> ShardStats + Send + Sync>;
-
-/// A running metrics endpoint; stops when dropped.
-pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for MetricsServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-impl MetricsServer {
-    /// The address it listens on (the real port when started on port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops the listener thread and waits for it.
-    pub fn shutdown(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept; if the connect fails the listener is already gone.
-        let _ = TcpStream::connect(self.addr);
-        let _ = thread.join();
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop_thread();
-    }
-}
-
-/// Starts the endpoint on `addr` (port 0 picks a free port).
-///
-/// # Errors
-///
-/// The address cannot be bound, or the thread cannot be spawned.
-pub fn serve_metrics(addr: SocketAddr, source: StatsSource) -> anyhow::Result<MetricsServer> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
-    let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::Acquire) {
-                    break;
-                }
-                // A failed accept or a broken client affects that scrape only.
-                if let Ok(conn) = conn {
-                    if let Err(e) = answer(conn, &source) {
-                        tracing::debug!(error = %e, "metrics request failed");
-                    }
-                }
-            }
-        })
-        .context("spawning the metrics thread")?;
-    Ok(MetricsServer {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
-}
+/// The Content-Type of [`render`]'s text (text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The exposition text of `stats`.
 ///
@@ -132,68 +46,6 @@ fn render_owned(stats: ShardStats) -> Result<String, fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
     Ok(text)
-}
-
-/// Longest request head read; a scrape's is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-
-fn answer(mut conn: TcpStream, source: &StatsSource) -> std::io::Result<()> {
-    // A client that connects and says nothing must not hold the only thread for long.
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut conn,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"",
-            );
-        }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => match render_owned(source()) {
-            Ok(body) => respond(
-                &mut conn,
-                "200 OK",
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                body.as_bytes(),
-            ),
-            Err(_) => respond(&mut conn, "500 Internal Server Error", "text/plain", b""),
-        },
-        (b"GET", _) => respond(&mut conn, "404 Not Found", "text/plain", b"try /metrics\n"),
-        _ => respond(&mut conn, "405 Method Not Allowed", "text/plain", b""),
-    }
-}
-
-fn respond(
-    conn: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)?;
-    conn.flush()
 }
 
 /// One scrape's figures.

@@ -1,0 +1,42 @@
+//! `--metrics`: `GET /metrics`, the fleet's figures as Prometheus text
+//! ([`crate::stats::prometheus::render`]). A scrape calls the source once, so the figures
+//! are the control plane's latest merge, never a shard's live state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::{HttpServer, Router};
+use crate::stats::{prometheus, ShardStats};
+
+/// What the endpoint reads on each scrape.
+pub type StatsSource = Arc<dyn Fn() -> ShardStats + Send + Sync>;
+
+/// The metrics routes: `GET /metrics`; another GET is 404, another method 405.
+pub fn router(source: StatsSource) -> Router {
+    Router::new()
+        .route("/metrics", get(move || scrape(source.clone())))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+}
+
+async fn scrape(source: StatsSource) -> Response {
+    match prometheus::render(&source()) {
+        Ok(body) => ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Starts the endpoint on `addr` (port 0 picks a free port), on its own thread.
+///
+/// # Errors
+///
+/// The address cannot be bound, or the thread cannot be spawned.
+pub fn serve_metrics(addr: SocketAddr, source: StatsSource) -> anyhow::Result<HttpServer> {
+    super::spawn(addr, router(source), "metrics")
+}
+
+/// The running endpoint.
+pub type MetricsServer = HttpServer;

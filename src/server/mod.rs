@@ -14,6 +14,7 @@
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
 //! - `admin`: the loopback HTTP+JSON admin API.
 //! - [`cli`]: `mpush-fleet serve` ([`ServeArgs`], [`serve_main`]).
+//! - [`status`]: `serve`'s status lines and end-of-run summary.
 //!
 //! Facts checked against the real server (github mpusher/mpush, `mpush-core` handlers,
 //! `mpush-common` `MessageDispatcher` / `ErrorMessage` / `BaseMessage`, `mpush-netty`
@@ -25,6 +26,7 @@ mod conn;
 pub mod runtime;
 pub mod session;
 mod shared;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;

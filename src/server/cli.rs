@@ -138,22 +138,26 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         None => Server::start(config),
     }
     .context("starting the server")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Installed before the start line is printed, so a Ctrl-C sent after it is never lost.
+    let stop = {
+        let _in_rt = rt.enter();
+        stop_signal()?
+    };
     println!("mpush server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("admin API on http://{admin}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let started = std::time::Instant::now();
     let every = std::time::Duration::from_secs_f64(args.status_every.max(0.1));
-    let stop = wait_for_stop_signal();
     rt.block_on(status::lines_until(
         || server.stats(),
         every,
         args.quiet,
         stop,
-    ))?;
+    ));
     println!("shutting down");
     let stats = server.stats();
     server.shutdown();
@@ -163,11 +167,16 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM; the handlers are installed by this call (inside
+/// a tokio runtime).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::embedded::{Embedded, SPARE_DESCRIPTORS};
 use super::fail_on::{self, Threshold};
 use super::report::{status_line, ProcessCost, RunReport};
+use super::summary;
 use super::{memory_stores, Fleet, FleetConfig};
 use crate::crypto::RsaEncryptor;
 use crate::device::{DeviceConfig, Template};
@@ -102,6 +103,10 @@ pub struct RunArgs {
     /// Write the JSON summary here at exit.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Print the JSON summary at exit even on a terminal (where a table is shown otherwise;
+    /// when the output is not a terminal, the JSON is printed anyway).
+    #[arg(long)]
+    pub json: bool,
     /// Seconds between status lines.
     #[arg(long, default_value_t = 5.0)]
     pub status_every: f64,
@@ -375,12 +380,22 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         ..p
     });
     out.line(&status_line(devices, result.elapsed, &result.stats));
-    out.line(&serde_json::to_string_pretty(&report)?);
     let mut judged = result.stats;
     judged.counters.online = online_before_stop;
-    let violations = fail_on::evaluate(&args.fail_on, devices, &judged);
-    for v in &violations {
-        eprintln!("{v}");
+    let verdicts = fail_on::judge(&args.fail_on, devices, &judged);
+    // A person at a terminal gets the table; scripts (a pipe, a file, or --json) the JSON.
+    let table = out.tty && !args.json;
+    if table {
+        out.line(summary::render(&report, &verdicts).trim_end());
+    } else {
+        out.line(&serde_json::to_string_pretty(&report)?);
+    }
+    // The table marks failed thresholds already; the lines still go to a stderr that is a
+    // log or a pipe.
+    if !(table && std::io::stderr().is_terminal()) {
+        for v in fail_on::evaluate(&args.fail_on, devices, &judged) {
+            eprintln!("{v}");
+        }
     }
     drop(metrics);
     if let Some(path) = &args.report {
@@ -390,8 +405,11 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     if let Some(server) = server {
         server.stop();
     }
-    let passed = report.ever_online >= u64::from(devices) && violations.is_empty();
-    Ok(if passed { 0 } else { 1 })
+    Ok(if summary::passed(&report, &verdicts) {
+        0
+    } else {
+        1
+    })
 }
 
 fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<FleetConfig> {
@@ -479,6 +497,8 @@ const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 struct Progress {
     bar: Option<ProgressBar>,
     to_stderr: bool,
+    /// Whether the stream is a terminal (a person reads it).
+    tty: bool,
     devices: u64,
 }
 
@@ -507,6 +527,7 @@ impl Progress {
         Progress {
             bar,
             to_stderr,
+            tty,
             devices: u64::from(devices),
         }
     }

@@ -269,6 +269,62 @@ pub fn evaluate(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> V
         .collect()
 }
 
+/// One threshold judged at the end of a run, for the summary table: whether it failed the
+/// run, and what was measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// The threshold as given (`online<99.9%`).
+    pub threshold: String,
+    /// Whether its condition held, which fails the run.
+    pub failed: bool,
+    /// What was measured, readable (`online was 100.000% (50 of 50 devices)`).
+    pub actual: String,
+}
+
+/// Every threshold with its verdict, in the order given; the failed ones are exactly those
+/// [`evaluate`] lists. (Beside `evaluate` rather than under it, so a change to one does not
+/// move the other's lines.)
+pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<Verdict> {
+    let c = &stats.counters;
+    thresholds
+        .iter()
+        .map(|t| {
+            let (actual, shown) = match &t.metric {
+                Metric::Counter(name) => {
+                    let v = counter(c, name);
+                    (v, format!("{name} was {v}"))
+                }
+                Metric::Percent(name) => {
+                    let v = counter(c, name);
+                    let pct = if devices == 0 {
+                        100.0
+                    } else {
+                        100.0 * v / f64::from(devices)
+                    };
+                    (
+                        pct,
+                        format!("{name} was {pct:.3}% ({v} of {devices} devices)"),
+                    )
+                }
+                Metric::ErrorCode(code) => {
+                    let v = c.errors.get(code).copied().unwrap_or(0) as f64;
+                    (v, format!("errors with code {code} were {v}"))
+                }
+                Metric::Latency(l, s) => {
+                    let summary = Summary::of(stats.latencies.get(*l));
+                    let v = s.of(&summary);
+                    (v, format!("was {v:.3}ms over {} samples", summary.count))
+                }
+            };
+            Verdict {
+                threshold: t.to_string(),
+                failed: t.op.holds(actual, t.limit),
+                actual: shown,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

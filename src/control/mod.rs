@@ -4,12 +4,14 @@
 //!
 //! - [`Fleet`]: the library API (tests drive it directly).
 //! - [`cli`]: `mpush-fleet run`, its flags and TOML config, status lines, exit codes.
-//! - [`report`]: the summary and the `--report` JSON.
+//! - [`report`]: the `--report` JSON and the status line.
+//! - [`summary`]: the end-of-run table shown on a terminal.
 
 pub mod cli;
 pub mod embedded;
 pub mod fail_on;
 pub mod report;
+pub mod summary;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

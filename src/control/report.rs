@@ -1,4 +1,5 @@
-//! The run summary: the status line, the closing summary and the `--report` JSON.
+//! The `--report` JSON (printed as the summary too when stdout is not a terminal, or with
+//! `--json`) and the status line; the table a terminal gets is in `summary`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

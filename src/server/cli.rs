@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 
 use super::{
-    Server, ServerConfig, SessionConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS,
+    status, Server, ServerConfig, SessionConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS,
 };
 use crate::crypto::RsaDecryptor;
 use crate::proto::{BodyLimits, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_BODY};
@@ -57,6 +57,16 @@ pub struct ServeArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Seconds between status lines (connections, handshakes/s, fast connects/s, pushes,
+    /// acks, errors) on stdout.
+    #[arg(long, default_value_t = 5.0)]
+    pub status_every: f64,
+    /// No status lines and no summary: only the start lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as JSON even on a terminal (where a table is shown otherwise).
+    #[arg(long)]
+    pub json: bool,
     /// Keep reusable sessions in Redis (`mp:rs:<sessionId>`, as the real server does) instead
     /// of memory: `redis://HOST:PORT/DB`, `redis-cluster://...` or `redis-sentinel://...`.
     #[arg(long, value_name = "URL")]
@@ -128,24 +138,45 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         None => Server::start(config),
     }
     .context("starting the server")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Installed before the start line is printed, so a Ctrl-C sent after it is never lost.
+    let stop = {
+        let _in_rt = rt.enter();
+        stop_signal()?
+    };
     println!("mpush server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("admin API on http://{admin}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(wait_for_stop_signal())?;
+    let started = std::time::Instant::now();
+    let every = std::time::Duration::from_secs_f64(args.status_every.max(0.1));
+    rt.block_on(status::lines_until(
+        || server.stats(),
+        every,
+        args.quiet,
+        stop,
+    ));
     println!("shutting down");
+    let stats = server.stats();
     server.shutdown();
+    if !args.quiet {
+        status::print_summary(&stats, started.elapsed(), args.json);
+    }
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM; the handlers are installed by this call (inside
+/// a tokio runtime).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

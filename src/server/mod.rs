@@ -18,6 +18,7 @@
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
 //! - `admin`: the loopback HTTP+JSON admin API, an axum router on [`crate::http`].
 //! - [`cli`]: `mpush-fleet serve` ([`ServeArgs`], [`serve_main`]).
+//! - [`status`]: `serve`'s status lines and end-of-run summary.
 //!
 //! Facts checked against the real server (github mpusher/mpush, `mpush-core` handlers,
 //! `mpush-common` `MessageDispatcher` / `ErrorMessage` / `BaseMessage`, `mpush-netty`
@@ -30,6 +31,7 @@ mod routes;
 pub mod runtime;
 pub mod session;
 mod shared;
+pub mod status;
 
 use std::net::SocketAddr;
 

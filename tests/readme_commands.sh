@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Runs every command of README.md's `sh` blocks in a short form (a small fleet instead of
+# 10,000 devices, a local `serve` instead of a staging address, 3 s of fuzzing instead of 10
+# minutes), so the README keeps working as written on a fresh clone. A command that cannot
+# run here is listed as SKIPPED with the reason; a README command this script does not know
+# fails the script, so a new command cannot go untested. Called by tests/run.sh.
+#
+#   bash tests/readme_commands.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+work=$(mktemp -d)
+serve_pid=
+cleanup() {
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+BIN="${CARGO_TARGET_DIR:-$root/target}/release/mpush-fleet"
+# The README writes `mpush-fleet`: the binary its first command builds.
+mpush-fleet() { "$BIN" "$@"; }
+
+# One README line as the coverage check compares it: continuation lines joined, a trailing
+# `# comment` dropped, blanks squeezed.
+normalize() {
+  sed -e ':a' -e '/\\$/N; s/\\\n[[:space:]]*/ /; ta' \
+    | sed -e 's/[[:space:]]\{1,\}#[[:space:]].*$//' -e 's/^[[:space:]]*//' \
+          -e 's/[[:space:]]\{1,\}/ /g' -e 's/[[:space:]]*$//' \
+    | grep -v -e '^#' -e '^$' || true
+}
+readme_commands() { awk '/^```sh$/{on=1; next} /^```/{on=0} on' README.md | normalize; }
+
+covered="$work/covered"
+: >"$covered"
+log="$work/step.log"
+failures=0
+
+# step "README LINE" COMMAND...: runs the short form, naming the README line if it fails.
+step() {
+  local line=$1; shift
+  printf '%s\n' "$line" | normalize >>"$covered"
+  echo "== $line"
+  local t0=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    echo "   ok ($((SECONDS - t0)) s)"
+  else
+    local rc=$?
+    echo "FAILED (exit $rc): $line"
+    echo "   short form: $*"
+    tail -n 30 "$log" | sed 's/^/   | /'
+    failures=$((failures + 1))
+  fi
+}
+
+skip() {
+  printf '%s\n' "$1" | normalize >>"$covered"
+  echo "SKIPPED $1: $2"
+}
+
+# --- The two commands. -----------------------------------------------------------------
+skip "bash tests/run.sh" "this script is part of it"
+step "cargo run --release -- run --devices 10000" \
+  cargo run --release -q -- run --devices 200 --rate 0 --stop-when-online --duration 120s
+
+# --- A local server, standing in for the staging addresses. ---------------------------
+serve_out="$work/serve.out"
+"$BIN" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --status-every 1 >"$serve_out" 2>&1 &
+serve_pid=$!
+for _ in $(seq 600); do
+  grep -q '^admin API on ' "$serve_out" && break
+  kill -0 "$serve_pid" 2>/dev/null || break
+  sleep 0.1
+done
+server=$(sed -n 's/^mpush server listening on //p' "$serve_out")
+admin=$(sed -n 's|^admin API on http://||p' "$serve_out")
+if [ -z "$server" ] || [ -z "$admin" ]; then
+  echo "FAILED: mpush-fleet serve did not start:"; cat "$serve_out"; exit 1
+fi
+short="--stop-when-online --duration 120s --rate 0"
+
+step "mpush-fleet run --server 10.0.0.5:3000 --devices 50000 --rate 2000 --duration 1h --report soak.json" \
+  mpush-fleet run --server "$server" --devices 20 --rate 2000 --duration 2s --report "$work/soak.json"
+step "mpush-fleet run --server host:3000 --devices 60000 --first-device 0" \
+  mpush-fleet run --server "$server" --devices 20 --first-device 0 $short
+step "mpush-fleet run --server host:3000 --devices 60000 --first-device 60000" \
+  mpush-fleet run --server "$server" --devices 20 --first-device 20 $short
+step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.0.2 --source 127.0.0.3" \
+  mpush-fleet run --server "$server" --devices 20 --source 127.0.0.2 --source 127.0.0.3 $short
+step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.1.0/28" \
+  mpush-fleet run --server "$server" --devices 20 --source 127.0.1.0/28 $short
+
+# The README's TOML example, pointed at the local server and shortened.
+awk '/^```toml$/{on=1; next} /^```/{on=0} on' README.md \
+  | sed -e "s|^server = .*|server = [\"$server\"]|" -e 's/^devices = .*/devices = 20/' \
+        -e 's/^duration = .*/duration = "2s"/' -e "s|^report = .*|report = \"$work/toml.json\"|" \
+  >"$work/fleet.toml"
+echo "== the README's --config TOML example ($work/fleet.toml)"
+if mpush-fleet run --config "$work/fleet.toml" >"$log" 2>&1 && [ -s "$work/toml.json" ]; then
+  echo "   ok"
+else
+  echo "FAILED: run --config with the README's TOML example"; tail -n 30 "$log"
+  failures=$((failures + 1))
+fi
+
+step "mpush-fleet serve --listen 127.0.0.1:3000 --admin 127.0.0.1:3002" \
+  grep -q '^\[ *[0-9.]*s\] connections ' "$serve_out"
+
+# The admin API examples, against the local server; -f turns an HTTP error into a failure.
+while IFS= read -r line; do
+  case "$line" in curl*) ;; *) continue ;; esac
+  cmd=${line//127.0.0.1:3002/$admin}
+  step "$line" bash -c "${cmd/curl -s/curl -sf}"
+done < <(readme_commands)
+
+kill -INT "$serve_pid"
+if wait "$serve_pid" && grep -q '"duration_secs"' "$serve_out"; then
+  echo "== serve stopped by Ctrl-C with its summary: ok"
+else
+  echo "FAILED: serve did not stop cleanly on SIGINT with a summary:"; tail -n 30 "$serve_out"
+  failures=$((failures + 1))
+fi
+serve_pid=
+
+# --- Fuzzing: each target for a few seconds. ------------------------------------------
+step "mkdir -p fuzz/corpus/decode_stream fuzz/corpus/device_input" \
+  mkdir -p fuzz/corpus/decode_stream fuzz/corpus/device_input
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (the README's fuzz commands need it)"
+  cargo install --locked -q cargo-fuzz
+fi
+targets=$(RUSTC_BOOTSTRAP=1 cargo fuzz list)
+while IFS= read -r line; do
+  case "$line" in *"cargo fuzz run "*) ;; *) continue ;; esac
+  target=$(sed -n 's/.*cargo fuzz run \([a-z_0-9]*\) .*/\1/p' <<<"$line")
+  if ! grep -qx "$target" <<<"$targets"; then
+    step "$line" false "fuzz target $target is in the README but not in fuzz/"
+    continue
+  fi
+  short_line=$(sed -e 's/-max_total_time=[0-9]*/-max_total_time=3/' <<<"$line")
+  step "$line" env RUSTC_BOOTSTRAP=1 bash -c "${short_line#RUSTC_BOOTSTRAP=1 }"
+done < <(readme_commands)
+for target in $targets; do
+  if ! grep -q "cargo fuzz run $target " "$covered"; then
+    echo "FAILED: fuzz target $target has no command in the README"
+    failures=$((failures + 1))
+  fi
+done
+# Prose commands: rebuilding the seeds (into a copy, so the checkout stays as committed).
+cp -r fuzz/seeds "$work/seeds"
+echo "== python3 fuzz/seeds/gen_seeds.py ../shared/vectors/frames.json (into a copy)"
+if python3 "$work/seeds/gen_seeds.py" ../shared/vectors/frames.json >"$log" 2>&1; then
+  echo "   ok"
+else
+  echo "FAILED: gen_seeds.py"; tail -n 30 "$log"; failures=$((failures + 1))
+fi
+echo "== bash tuning/apply.sh --check"
+# It exits 1 when a setting differs from the wanted one (usual on a CI machine): only a
+# report that does not reach its summary line is a failure.
+bash tuning/apply.sh --check >"$log" 2>&1 || true
+if grep -q '^summary: ' "$log"; then echo "   ok"; else
+  echo "FAILED: tuning/apply.sh --check"; tail -n 30 "$log"; failures=$((failures + 1))
+fi
+echo "SKIPPED bash tuning/apply.sh: changes kernel settings of the machine"
+echo "SKIPPED benches/fleet_100k.sh: a 100k-session load bench, never run by the tests"
+
+# --- Every README command was run or skipped with a reason. -----------------------------
+while IFS= read -r line; do
+  if ! grep -qxF -- "$line" "$covered"; then
+    echo "FAILED: README command not exercised by tests/readme_commands.sh: $line"
+    failures=$((failures + 1))
+  fi
+done < <(readme_commands)
+
+if [ "$failures" -gt 0 ]; then
+  echo "readme_commands: $failures failed"
+  exit 1
+fi
+echo "readme_commands: every README command works"

@@ -76,7 +76,9 @@ fn sim(devices: u32, sink: bool) -> Sim {
         ..SimConfig::default()
     };
     let mut sim = Sim::new(core, cfg);
-    let online = sim.run_until(600_000, |s| s.core.stats().counters.bound >= u64::from(devices));
+    let online = sim.run_until(600_000, |s| {
+        s.core.stats().counters.bound >= u64::from(devices)
+    });
     assert!(online, "the fleet came online");
     sim.run_for(30_000); // warm every buffer
     sim.core_guard = Some(guard);
@@ -103,7 +105,9 @@ fn main() {
     let per_beat = allocs as f64 / beats as f64;
     println!("heartbeat round trips: {beats}, core allocations: {allocs} ({per_beat:.4} each)");
     if allocs != 0 {
-        missed.push(format!("{allocs} allocations over {beats} heartbeat round trips (target 0)"));
+        missed.push(format!(
+            "{allocs} allocations over {beats} heartbeat round trips (target 0)"
+        ));
     }
 
     let (allocs, pushes) = count(&mut s, |s| {
@@ -122,7 +126,9 @@ fn main() {
         allocs as f64 / pushes as f64
     );
     if allocs != 0 {
-        missed.push(format!("{allocs} allocations over {pushes} pushes (target 0)"));
+        missed.push(format!(
+            "{allocs} allocations over {pushes} pushes (target 0)"
+        ));
     }
 
     let mut s = sim(devices, true);

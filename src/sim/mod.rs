@@ -184,7 +184,10 @@ impl Sim {
 
     /// Sends raw bytes from the server to the client of `conn`.
     pub fn inject(&mut self, conn: ConnId, bytes: &[u8]) {
-        self.schedule(self.cfg.latency_ms, Net::ToClient(conn, Bytes::copy_from_slice(bytes)));
+        self.schedule(
+            self.cfg.latency_ms,
+            Net::ToClient(conn, Bytes::copy_from_slice(bytes)),
+        );
     }
 
     /// The server's connections (for scripted faults).
@@ -199,7 +202,9 @@ impl Sim {
         let now = self.now();
         self.guard(true);
         for _ in 0..n {
-            let Some(token) = self.sink.pop_front() else { break };
+            let Some(token) = self.sink.pop_front() else {
+                break;
+            };
             self.core.handle_sink_took(now, token);
         }
         self.guard(false);
@@ -234,9 +239,8 @@ impl Sim {
     /// tickets and server: a fleet run again.
     pub fn restart(&mut self, cfg: CoreConfig, limit_ms: u64) -> bool {
         // Connection ids start again with the new core: nothing of the old may be in flight.
-        let settled = |s: &Sim| {
-            s.server_connections() == 0 && s.client_q.is_empty() && s.server_q.is_empty()
-        };
+        let settled =
+            |s: &Sim| s.server_connections() == 0 && s.client_q.is_empty() && s.server_q.is_empty();
         if !self.stop(limit_ms) || !self.run_until(limit_ms, settled) {
             return false;
         }
@@ -313,7 +317,9 @@ impl Sim {
         self.seq += 1;
         let entry = Reverse((self.now_ms + after_ms, self.seq));
         match ev {
-            Net::Accept(..) | Net::ToServer(..) | Net::ClientShutdown(_) => self.server_q.push(entry),
+            Net::Accept(..) | Net::ToServer(..) | Net::ClientShutdown(_) => {
+                self.server_q.push(entry)
+            }
             _ => self.client_q.push(entry),
         }
         self.events.insert(self.seq, ev);
@@ -333,7 +339,9 @@ impl Sim {
     fn server_side(&mut self) {
         let wall = self.now().wall_ms;
         while let Some(seq) = Self::pop_due(&mut self.server_q, self.now_ms) {
-            let Some(ev) = self.events.remove(&seq) else { continue };
+            let Some(ev) = self.events.remove(&seq) else {
+                continue;
+            };
             match ev {
                 Net::ToServer(conn, data) if self.now_ms < self.stalled_until => {
                     // Held until the stall ends, in order.
@@ -342,7 +350,8 @@ impl Sim {
                 }
                 Net::ToServer(conn, data) => {
                     let mut out = ServerOut::default();
-                    self.server.receive(conn, &data, ServerTick(self.now_ms), wall, &mut out);
+                    self.server
+                        .receive(conn, &data, ServerTick(self.now_ms), wall, &mut out);
                     self.arm_server(conn);
                     self.send_server_out(out);
                 }
@@ -355,7 +364,8 @@ impl Sim {
                     self.schedule(self.cfg.latency_ms, Net::Connect(conn, ok));
                 }
                 // `schedule` queues client-side events elsewhere.
-                Net::Connect(..) | Net::ToClient(..) | Net::ServerClosed(_) | Net::WriteDone(_) => {}
+                Net::Connect(..) | Net::ToClient(..) | Net::ServerClosed(_) | Net::WriteDone(_) => {
+                }
             }
         }
         self.server_timeouts();

@@ -9,9 +9,7 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 
 use crate::proto::{Flags, FrameDecoder, MsgId, Unit};
-use crate::server::session::{
-    ClientType, Effect, SessionEvent, SessionLookup, Tick as ServerTick,
-};
+use crate::server::session::{ClientType, Effect, SessionEvent, SessionLookup, Tick as ServerTick};
 use crate::server::{ServerSession, SessionConfig};
 use crate::shard::core::ConnId;
 use crate::tickets::format::ReusableSession;
@@ -134,7 +132,8 @@ impl SimServer {
         if let Some(mut c) = self.conns.remove(&conn) {
             self.counts.client_closes += 1;
             if let Some(user) = c.session.user_id().map(str::to_owned) {
-                self.routes.retain(|(u, _), to| !(u == &user && *to == conn));
+                self.routes
+                    .retain(|(u, _), to| !(u == &user && *to == conn));
             }
             c.open = false;
         }
@@ -148,7 +147,13 @@ impl SimServer {
     }
 
     /// Pushes `content` to every connection `user` is routed to; returns how many took it.
-    pub(super) fn push(&mut self, user: &str, content: &[u8], flags: Flags, out: &mut ServerOut) -> usize {
+    pub(super) fn push(
+        &mut self,
+        user: &str,
+        content: &[u8],
+        flags: Flags,
+        out: &mut ServerOut,
+    ) -> usize {
         let targets: Vec<ConnId> = self
             .routes
             .iter()
@@ -159,8 +164,12 @@ impl SimServer {
         for conn in targets {
             self.next_msg_id += 1;
             let id = MsgId(self.next_msg_id);
-            let Some(c) = self.conns.get_mut(&conn) else { continue };
-            if c.session.handle_push(id, Bytes::copy_from_slice(content), flags) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.session
+                .handle_push(id, Bytes::copy_from_slice(content), flags)
+            {
                 n += 1;
                 self.counts.pushes += 1;
             }
@@ -193,11 +202,15 @@ impl SimServer {
     fn drain(&mut self, conn: ConnId, out: &mut ServerOut) {
         let mut tx = BytesMut::new();
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else { return };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
             if c.session.poll_transmit(&mut tx) {
                 out.to_client.push((conn, tx.split().freeze()));
             }
-            let Some(effect) = c.session.poll_effect() else { return };
+            let Some(effect) = c.session.poll_effect() else {
+                return;
+            };
             match effect {
                 Effect::Close(_) => {
                     self.close(conn, out);

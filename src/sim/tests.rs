@@ -102,7 +102,12 @@ fn expired_sessions_fall_back_to_handshakes_on_the_same_connection() {
     let c = counters(&sim);
     assert_eq!(c.errors.get(&103), Some(&100), "{c:?}");
     assert_eq!((c.handshakes, c.fast_connect_rejected), (100, 100));
-    assert_eq!(c.connects, 100, "the handshake reused the connection: {c:?} {:?}", sim.server());
+    assert_eq!(
+        c.connects,
+        100,
+        "the handshake reused the connection: {c:?} {:?}",
+        sim.server()
+    );
 }
 
 #[test]
@@ -139,12 +144,22 @@ fn heartbeats_keep_sessions_and_silence_makes_devices_reconnect() {
         max_heartbeat: 1_000,
         ..(*core.device).clone()
     });
-    let mut sim = Sim::new(core, SimConfig { server: hb, ..SimConfig::default() });
+    let mut sim = Sim::new(
+        core,
+        SimConfig {
+            server: hb,
+            ..SimConfig::default()
+        },
+    );
     bring_online(&mut sim, n, "start");
     sim.run_for(10_000);
     let c = counters(&sim).clone();
     assert!(c.heartbeats_received >= 40 * 15, "{c:?}");
-    assert_eq!((c.reconnects, c.read_timeouts, c.online), (0, 0, 40), "{c:?}");
+    assert_eq!(
+        (c.reconnects, c.read_timeouts, c.online),
+        (0, 0, 40),
+        "{c:?}"
+    );
     // The server goes silent for 10 s: every device gives its connection up and comes back.
     let until = sim.now_ms() + 10_000;
     sim.stall_server_until(until);
@@ -174,7 +189,12 @@ fn two_source_addresses_are_both_used() {
     core.sources = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
     let mut sim = Sim::new(core, SimConfig::default());
     bring_online(&mut sim, n, "start");
-    assert_eq!(sim.connects_by_source.len(), 2, "{:?}", sim.connects_by_source);
+    assert_eq!(
+        sim.connects_by_source.len(),
+        2,
+        "{:?}",
+        sim.connects_by_source
+    );
     assert!(sim.connects_by_source.values().all(|&v| v == 5));
 }
 
@@ -244,7 +264,11 @@ fn bytes_queued_before_a_close_are_written_before_the_shutdown() {
     wire.extend_from_slice(&frame(&kick, 42, Flags::NONE));
     sim.inject(conn, &wire);
     assert!(sim.run_until(LIMIT_MS, |s| s.server().client_closes >= 1));
-    assert_eq!(sim.server().acked, vec![41], "the ack reached the server first");
+    assert_eq!(
+        sim.server().acked,
+        vec![41],
+        "the ack reached the server first"
+    );
     assert_eq!(counters(&sim).kicks, 1);
     assert_eq!(sim.core.device(0).map(|d| d.phase()), Some(Phase::Stopped));
 }
@@ -278,7 +302,11 @@ fn the_shard_runs_past_two_to_the_32_milliseconds() {
     // About one heartbeat a minute each: 59 minutes' worth, give or take one.
     assert!(c.heartbeats_sent - sent >= 10 * 58, "{c:?}");
     // Each heartbeat costs a handful of turns (timer, echo, read check); a spin costs millions.
-    assert!(sim.turns - turns < 10 * 60 * 6, "{} turns", sim.turns - turns);
+    assert!(
+        sim.turns - turns < 10 * 60 * 6,
+        "{} turns",
+        sim.turns - turns
+    );
 }
 
 #[test]
@@ -307,11 +335,17 @@ fn a_full_sink_pauses_the_connection_and_loses_nothing() {
     let mut sim = Sim::new(core, cfg);
     bring_online(&mut sim, 1, "start");
     for i in 0..6 {
-        assert_eq!(sim.push("user-0", format!("p{i}").as_bytes(), Flags::BIZ_ACK), 1);
+        assert_eq!(
+            sim.push("user-0", format!("p{i}").as_bytes(), Flags::BIZ_ACK),
+            1
+        );
     }
     sim.run_for(1_000);
     assert_eq!(sim.sink.len(), 2, "the sink is full");
-    assert!(sim.server().acked.is_empty(), "nothing acked before the sink took it");
+    assert!(
+        sim.server().acked.is_empty(),
+        "nothing acked before the sink took it"
+    );
     let mut rounds = 0;
     while sim.server().acked.len() < 6 {
         rounds += 1;
@@ -323,4 +357,3 @@ fn a_full_sink_pauses_the_connection_and_loses_nothing() {
     assert_eq!(counters(&sim).pushes_received, 6);
     assert_eq!(counters(&sim).online, 1, "the session stayed up");
 }
-

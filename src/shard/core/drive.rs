@@ -28,7 +28,10 @@ impl ShardCore {
             let _ = s.device.poll_transmit(now, &mut self.shared, t);
             return;
         }
-        if !s.device.poll_transmit(now, &mut self.shared, &mut self.transmit) {
+        if !s
+            .device
+            .poll_transmit(now, &mut self.shared, &mut self.transmit)
+        {
             return;
         }
         let Some(conn) = s.conn.as_ref().map(|c| c.id) else {

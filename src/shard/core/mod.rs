@@ -84,7 +84,6 @@ pub struct CoreConfig {
     pub drain_timeout_ms: u64,
 }
 
-
 /// One device and its connection.
 #[derive(Debug)]
 struct Slot {
@@ -218,7 +217,10 @@ impl ShardCore {
     /// The connect of `conn` failed or timed out.
     pub fn handle_connect_failed(&mut self, now: Now, conn: ConnId) {
         self.now = now;
-        if self.slots.get(conn.slot as usize).is_some_and(|s| s.gen == conn.gen && s.conn.is_none())
+        if self
+            .slots
+            .get(conn.slot as usize)
+            .is_some_and(|s| s.gen == conn.gen && s.conn.is_none())
         {
             self.event(conn.slot, Event::ConnectFailed);
         }

@@ -68,7 +68,10 @@ impl ShardCore {
         self.now = now;
         self.sink.awaiting = self.sink.awaiting.saturating_sub(1);
         let took = now.us.saturating_sub(token.received_us);
-        self.shared.stats.latencies.record(Latency::PushToSink, took);
+        self.shared
+            .stats
+            .latencies
+            .record(Latency::PushToSink, took);
         if token.ack && self.current_conn(token.conn).is_some() {
             self.event(token.conn.slot, Event::SinkTook(MsgId(token.msg_id)));
         }

@@ -59,7 +59,11 @@ fn ticket_requests_name_global_device_indices() {
     let ops: Vec<_> = std::iter::from_fn(|| c.poll_ticket()).collect();
     assert_eq!(
         ops,
-        vec![TicketOp::Load(100), TicketOp::Load(101), TicketOp::Load(102)]
+        vec![
+            TicketOp::Load(100),
+            TicketOp::Load(101),
+            TicketOp::Load(102)
+        ]
     );
 }
 

@@ -11,13 +11,18 @@
 //!   deflate/AES body pipeline. Pinned byte for byte by the Java golden vectors.
 //! - [`crypto`]: chunked RSA PKCS#1 v1.5, AES-128-CBC, [`crypto::AesBatch`] (many sessions'
 //!   messages interleaved through AES-NI in one call), the key mix, the `cipherStr` form.
-//! - [`device`]: one device's session cycle (PROTOCOL.md 6) as a state machine.
+//! - [`device`]: one device's session cycle (PROTOCOL.md 6) as a state machine, driven
+//!   quinn-style: `handle_*` in, `poll_transmit` / `poll_timeout` / `poll_effect` out.
+//! - [`shard::core`]: [`ShardCore`](shard::core::ShardCore), a shard's logic: slots, devices,
+//!   one deadline heap, the ramp, ticket requests, sink backpressure, the turn's AES batch,
+//!   the graceful stop. Completions and time in, I/O to start out.
+//! - [`sim`]: the in-memory pair, a `ShardCore` and the reference server's sessions on a
+//!   simulated network and clock: fleet scenarios in milliseconds, no sockets.
 //!
 //! A thin runtime shell around it, so the runtime can change without touching the core:
 //!
-//! - [`shard`]: one pinned thread per core running tokio-uring. It owns its devices, their
-//!   sockets and buffers, one deadline heap for all their timers, and its ticket-store client;
-//!   each loop turn's AES work goes through one batch.
+//! - [`shard`]: one pinned thread per core whose tokio-uring driver moves bytes and
+//!   completions between sockets and its `ShardCore`, and ticket requests to its store.
 //! - [`tickets`]: the Java-compatible `mp:fcd:` / `mp:rs:` values and the stores (in memory;
 //!   Redis through fred, pipelined per loop turn), keyed by device index; and the reference
 //!   server's reusable-session store. It imports nothing from `server`.

@@ -96,6 +96,7 @@ pub struct Sim {
     /// Connections per server address the core connected to (for spread checks).
     pub connects_by_source: HashMap<Option<std::net::IpAddr>, u64>,
     loaded: Vec<Loaded>,
+    ios: Vec<Io>,
     read_buf: BytesMut,
     /// Records the sink holds, oldest first (taken with [`Sim::sink_take`]).
     pub sink: std::collections::VecDeque<SinkToken>,
@@ -128,6 +129,7 @@ impl Sim {
             refuse_connects: false,
             connects_by_source: HashMap::new(),
             loaded: Vec::new(),
+            ios: Vec::new(),
             read_buf: BytesMut::new(),
             sink: Default::default(),
             paused: HashSet::new(),
@@ -414,7 +416,7 @@ impl Sim {
 
     fn start_io(&mut self) {
         self.guard(true);
-        let mut ios = Vec::new();
+        let mut ios = std::mem::take(&mut self.ios);
         while let Some(io) = self.core.poll_io() {
             ios.push(io);
         }
@@ -441,7 +443,7 @@ impl Sim {
         }
         self.guard(false);
         let latency = self.cfg.latency_ms;
-        for io in ios {
+        for io in ios.drain(..) {
             match io {
                 Io::Connect { conn, src, .. } => {
                     *self.connects_by_source.entry(src).or_default() += 1;
@@ -449,7 +451,10 @@ impl Sim {
                     self.schedule(latency, Net::Accept(conn, ok));
                 }
                 Io::Write { conn, data } => {
-                    self.schedule(latency, Net::ToServer(conn, data));
+                    // A driver copies into its socket's buffer and lets the core's go.
+                    let copy = Bytes::copy_from_slice(&data);
+                    drop(data);
+                    self.schedule(latency, Net::ToServer(conn, copy));
                     self.schedule(0, Net::WriteDone(conn));
                 }
                 Io::Shutdown(conn) => {
@@ -474,6 +479,7 @@ impl Sim {
                 }
             }
         }
+        self.ios = ios;
     }
 
     fn server_timeouts(&mut self) {

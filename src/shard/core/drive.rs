@@ -2,6 +2,10 @@
 //! sealing the turn's encrypted frames in one AES batch.
 
 use super::io::{ConnId, Io, TicketOp};
+
+/// Output buffer chunk, and the room below which a turn takes a new one.
+const OUT_CHUNK: usize = 64 * 1024;
+const OUT_LOW_WATER: usize = 4 * 1024;
 use super::sink::{SinkItem, SinkToken};
 use super::{Sealing, ShardCore};
 use crate::device::{Effect, Event, Transmit};
@@ -41,6 +45,7 @@ impl ShardCore {
             return;
         };
         if self.transmit.seal_count() == 0 {
+            self.reserve_out();
             self.transmit.finish_into(|_| &[], &mut self.out);
             let data = self.out.split().freeze();
             self.write(conn, data);
@@ -111,6 +116,18 @@ impl ShardCore {
         }
     }
 
+    /// Keeps a chunk of room in the output buffer: slices handed out as `Io::Write` share it,
+    /// and once the driver dropped them `reserve` reuses it in place, so steady-state output
+    /// allocates nothing (a new chunk only while the driver still holds the old one).
+    fn reserve_out(&mut self) {
+        // With no `Io` waiting the driver holds none of the chunk, so `reserve` reclaims it in
+        // place; below the low-water mark mid-turn it must take a new one.
+        let room = self.out.capacity();
+        if room < OUT_LOW_WATER || (self.io.is_empty() && room < OUT_CHUNK / 2) {
+            self.out.reserve(OUT_CHUNK);
+        }
+    }
+
     /// Encrypts every frame the turn sealed in one batch, then writes each device's bytes in
     /// the order it produced them (and shuts down the connections that closed after them).
     pub(super) fn seal_turn(&mut self) {
@@ -126,6 +143,7 @@ impl ShardCore {
             }
         }
         self.batch.run();
+        self.reserve_out();
         let mut sealing = std::mem::take(&mut self.sealing);
         let mut first = 0;
         for mut s in sealing.drain(..) {

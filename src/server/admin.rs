@@ -15,6 +15,8 @@
 //! | `POST /fault/delay-ms` | `{"ms": 500}` (or path `/500`) | the fault switches |
 //! | `POST /fault/close-all` | | `{"closed": n}` |
 //! | `POST /fault/garbage` | | `{"sent": n}` |
+//! | `GET /capacity` | | the capacity limits ([`CapacityLimits`](super::CapacityLimits)) |
+//! | `POST /capacity` | `{"handshakes_per_sec": 5, "fast_connects_per_sec": 0}` (either optional; 0 = unlimited) | the capacity limits now in force |
 //!
 //! The push body: `{"user_id": "u"}` or `{"all": true}`, with `"content": "text"` or
 //! `"content_b64": "..."`, and `"ack": "none"` (default), `"auto"` or `"biz"`. Errors come
@@ -32,6 +34,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::capacity::CapacityChange;
 use super::runtime::{PushTarget, ServerOps};
 use super::shared::AckMode;
 use crate::http::Router;
@@ -63,6 +66,7 @@ fn router(ops: ServerOps) -> Router {
         .route("/kick", post(kick))
         .route("/fault/{name}", post(fault_route))
         .route("/fault/{name}/{arg}", post(fault_arg_route))
+        .route("/capacity", get(capacity).post(set_capacity))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -98,6 +102,18 @@ async fn kick(State(ops): Ops, body: Body) -> Response {
     reply(match serde_json::from_slice::<KickBody>(&body) {
         Ok(k) => (200, json!({ "kicked": ops.kick(&k.user_id) })),
         Err(e) => bad(format!("bad JSON body: {e}")),
+    })
+}
+
+async fn capacity(State(ops): Ops) -> Response {
+    reply((200, json!(ops.capacity())))
+}
+
+async fn set_capacity(State(ops): Ops, body: Body) -> Response {
+    let change = parse::<CapacityChange>(&body).and_then(|c| c.validate().map(|()| c).map_err(bad));
+    reply(match change {
+        Ok(c) => (200, json!(ops.set_capacity(c))),
+        Err(e) => e,
     })
 }
 

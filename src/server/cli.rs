@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
+use super::capacity::{CapacityChange, CapacityLimits, DEFAULT_BURST};
 use super::{
     status, Server, ServerConfig, SessionConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS,
 };
@@ -57,6 +58,17 @@ pub struct ServeArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Capacity model: handshakes (RSA decryptions) per second; more wait, in order, and are
+    /// answered late, never refused. 0 = unlimited. Live: `POST /capacity`.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub max_handshakes_per_sec: f64,
+    /// Capacity model: fast connects (session lookups) per second, as above.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub max_fast_connects_per_sec: f64,
+    /// Capacity model: requests of each kind that may run at once (1: a single queue, as a
+    /// CPU-bound server answers simultaneous requests one after another).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BURST)]
+    pub capacity_burst: u32,
     /// Seconds between status lines (connections, handshakes/s, fast connects/s, pushes,
     /// acks, errors) on stdout.
     #[arg(long, default_value_t = 5.0)]
@@ -100,6 +112,13 @@ impl ServeArgs {
             self.max_packet_size > 0,
             "--max-packet-size must be positive"
         );
+        CapacityChange {
+            handshakes_per_sec: Some(self.max_handshakes_per_sec),
+            fast_connects_per_sec: Some(self.max_fast_connects_per_sec),
+        }
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--max-{}", e.replace('_', "-")))?;
+        anyhow::ensure!(self.capacity_burst > 0, "--capacity-burst must be positive");
         let limits = BodyLimits {
             max_body: self.max_packet_size,
             compress_threshold: self.compress_threshold,
@@ -119,6 +138,11 @@ impl ServeArgs {
                 ..SessionConfig::default()
             },
             workers: self.workers,
+            capacity: CapacityLimits {
+                handshakes_per_sec: self.max_handshakes_per_sec,
+                fast_connects_per_sec: self.max_fast_connects_per_sec,
+                burst: self.capacity_burst,
+            },
         })
     }
 }
@@ -150,6 +174,14 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(admin) = server.admin_addr() {
         println!("admin API on http://{admin}");
     }
+    let cap = server.capacity();
+    if cap.handshakes_per_sec > 0.0 || cap.fast_connects_per_sec > 0.0 {
+        // Only when limited: an unlimited server's start lines stay as they were.
+        println!(
+            "capacity: {} handshakes/s, {} fast connects/s, burst {} (0 = unlimited)",
+            cap.handshakes_per_sec, cap.fast_connects_per_sec, cap.burst
+        );
+    }
     let started = std::time::Instant::now();
     let every = std::time::Duration::from_secs_f64(args.status_every.max(0.1));
     rt.block_on(status::lines_until(
@@ -179,4 +211,50 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(flags: &[&str]) -> anyhow::Result<ServerConfig> {
+        let args = std::iter::once("serve").chain(flags.iter().copied());
+        Cli::try_parse_from(args)?.serve.to_config()
+    }
+
+    #[test]
+    fn capacity_flags() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.capacity, CapacityLimits::default(), "unlimited, burst 1");
+        let c = config(&[
+            "--max-handshakes-per-sec",
+            "5",
+            "--max-fast-connects-per-sec",
+            "0.5",
+            "--capacity-burst",
+            "3",
+        ])
+        .expect("limits");
+        let want = CapacityLimits {
+            handshakes_per_sec: 5.0,
+            fast_connects_per_sec: 0.5,
+            burst: 3,
+        };
+        assert_eq!(c.capacity, want);
+        let e = config(&["--max-fast-connects-per-sec=-1"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--max-fast-connects-per-sec must be"),
+            "{e}"
+        );
+        assert!(config(&["--capacity-burst", "0"]).is_err());
+    }
 }

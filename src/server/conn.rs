@@ -18,9 +18,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::session::{CloseReason, Effect, ServerSession, SessionLookup};
-use super::shared::{ConnCmd, ConnId, Shared};
-use crate::proto::{FrameDecoder, Unit};
+use super::session::{CloseReason, Effect, ServerSession, SessionLookup, Tick};
+use super::shared::{CapacityKind, ConnCmd, ConnId, Shared};
+use crate::proto::{Cmd, FrameDecoder, Unit};
 
 /// Smallest read: enough for a heartbeat burst or a small frame in one call.
 const READ_CHUNK: usize = 512;
@@ -133,10 +133,13 @@ impl Conn {
                     break;
                 }
             };
-            let now = self.shared.now();
+            let mut now = self.shared.now();
             match unit {
                 Unit::Heartbeat => self.session.handle_heartbeat(now),
                 Unit::Frame(frame) => {
+                    if let Some(kind) = capacity_kind(frame.cmd) {
+                        now = self.wait_for_capacity(kind, now).await;
+                    }
                     let wall_ms = wall_clock_ms();
                     self.session
                         .handle_frame(now, wall_ms, &mut rand::thread_rng(), frame);
@@ -151,6 +154,19 @@ impl Conn {
             *rx = BytesMut::new();
         }
         self.flush_and_apply().await
+    }
+
+    /// The capacity model: waits until the bucket lets this request run; returns the time
+    /// after the wait. The task does nothing else meanwhile, so the connection's later input
+    /// (and commands for it) wait behind the request, as on a server busy decrypting; other
+    /// connections' tasks carry on.
+    async fn wait_for_capacity(&mut self, kind: CapacityKind, now: Tick) -> Tick {
+        let at = self.shared.reserve_capacity(kind, now);
+        if at <= now {
+            return now;
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(self.shared.instant_of(at))).await;
+        self.shared.now()
     }
 
     async fn flush_and_apply(&mut self) -> Result<(), CloseReason> {
@@ -222,6 +238,17 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+/// The capacity bucket a frame draws from: handshakes (the session decrypts them with RSA)
+/// and fast connects (the session looks the reusable session up). The command byte alone
+/// decides, before the body is decrypted or parsed: a server pays for a bad handshake too.
+fn capacity_kind(cmd: u8) -> Option<CapacityKind> {
+    match Cmd::from_u8(cmd)? {
+        Cmd::Handshake => Some(CapacityKind::Handshake),
+        Cmd::FastConnect => Some(CapacityKind::FastConnect),
+        _ => None,
     }
 }
 

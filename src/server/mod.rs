@@ -12,6 +12,8 @@
 //! - [`session`]: [`ServerSession`], one connection's protocol state machine, sans-IO.
 //! - the reusable-session store, [`SessionStore`] and [`MemoryStore`], lives in
 //!   [`crate::tickets::sessions`] (re-exported here for the server's callers).
+//! - [`capacity`]: the capacity model, token buckets in front of RSA decryption and the
+//!   session lookup (requests over the limit wait, in order; none is refused).
 //! - `shared`: the registry, push log, counters and fault switches.
 //! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
 //! - `conn`: the tokio task per connection (the shell around a session).
@@ -25,6 +27,7 @@
 //! `PacketDecoder` / `NettyConnection`, `ServerConnectionManager`) are cited where used.
 
 mod admin;
+pub mod capacity;
 pub mod cli;
 mod conn;
 mod routes;
@@ -36,6 +39,7 @@ pub mod status;
 use std::net::SocketAddr;
 
 pub use crate::tickets::sessions::{MemoryStore, SessionStore, StoreError};
+pub use capacity::{Bucket, Capacity, CapacityChange, CapacityLimits};
 pub use cli::{serve_main, ServeArgs};
 pub use runtime::{raise_nofile_limit, PushResult, PushTarget, Server, ServerHandle, ServerOps};
 pub use session::{ClientType, CloseReason, ServerSession, SessionConfig, Tick};
@@ -53,6 +57,9 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Runtime worker threads (`None`: one per core).
     pub workers: Option<usize>,
+    /// The capacity model's limits at start (default unlimited); changed live with
+    /// [`ServerOps::set_capacity`] or `POST /capacity`.
+    pub capacity: CapacityLimits,
 }
 
 impl ServerConfig {
@@ -63,6 +70,7 @@ impl ServerConfig {
             admin: None,
             session: SessionConfig::default(),
             workers: None,
+            capacity: CapacityLimits::default(),
         }
     }
 }

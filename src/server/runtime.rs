@@ -5,7 +5,8 @@
 //! wait with no buffer at all (an io_uring read must own one), one task per connection keeps
 //! the code plain, and io_uring experiments stay with the fleet shards. Handshakes cost one
 //! RSA-1024 CRT decryption each, done inline on the worker that reads the frame; with the
-//! runtime's worker threads that is far more handshakes per second than a fleet ramps.
+//! runtime's worker threads that is far more handshakes per second than a fleet ramps; the
+//! capacity model ([`super::capacity`]) is how a test makes it fewer.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use super::admin;
+use super::capacity::{CapacityChange, CapacityLimits};
 use super::conn;
 use super::session::CloseReason;
 use super::shared::{AckMode, ConnCmd, FaultState, PushRecord, ServerStats, Shared};
@@ -77,7 +79,7 @@ impl Server {
         }
         let rt = builder.build()?;
         let cfg = Arc::new(config.session);
-        let shared = Arc::new(Shared::new(cfg, store));
+        let shared = Arc::new(Shared::new(cfg, store, config.capacity));
         let (listener, admin_listener) = rt.block_on(async {
             let listener = listen(config.listen)?;
             let admin = match config.admin {
@@ -263,6 +265,19 @@ impl ServerOps {
     /// Fault: delay every write by `ms` milliseconds (0 turns it off).
     pub fn set_delay_ms(&self, ms: u64) {
         self.shared.set_delay_ms(ms);
+    }
+
+    /// The capacity model's limits now in force.
+    pub fn capacity(&self) -> CapacityLimits {
+        self.shared.capacity_limits()
+    }
+
+    /// Changes the capacity model's limits live (a `None` rate stays; 0 = unlimited);
+    /// returns the limits now in force. Requests already waiting keep their turn. A rate
+    /// that is not a finite number >= 0 means unlimited ([`CapacityChange::validate`] is
+    /// what `POST /capacity` checks first).
+    pub fn set_capacity(&self, change: CapacityChange) -> CapacityLimits {
+        self.shared.set_capacity(change)
     }
 
     /// Fault: close every open connection; returns how many were told to.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::capacity::{Capacity, CapacityChange, CapacityLimits};
 use super::routes::Routes;
 use super::session::{ClientType, CloseReason, SessionConfig, SessionEvent, Tick};
 use crate::proto::message::ErrorCode;
@@ -87,7 +88,7 @@ pub struct PushRecord {
 const PUSH_LOG_CAP: usize = 100_000;
 
 /// Counters, as `GET /stats` shows them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ServerStats {
     /// Connections open now.
     pub connections: u64,
@@ -117,6 +118,12 @@ pub struct ServerStats {
     pub errors_by_code: BTreeMap<u8, u64>,
     /// Closed connections, by [`CloseReason::name`].
     pub closes_by_reason: BTreeMap<&'static str, u64>,
+    /// Handshakes and fast connects the capacity model made wait.
+    pub capacity_delayed: u64,
+    /// The sum of those waits, ms.
+    pub capacity_wait_ms_total: u64,
+    /// The capacity limits now in force.
+    pub capacity: CapacityLimits,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +140,8 @@ struct Counters {
     acks_received: AtomicU64,
     client_pushes: AtomicU64,
     http_proxy: AtomicU64,
+    capacity_delayed: AtomicU64,
+    capacity_wait_ms_total: AtomicU64,
     errors_by_code: Mutex<BTreeMap<u8, u64>>,
     closes_by_reason: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -168,6 +177,15 @@ pub(crate) struct Shared {
     pushes: Mutex<BTreeMap<i32, PushRecord>>,
     counters: Counters,
     faults: Faults,
+    /// Held only for one reservation or change: the wait itself happens outside.
+    capacity: Mutex<Capacity>,
+}
+
+/// Which capacity bucket a request draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CapacityKind {
+    Handshake,
+    FastConnect,
 }
 
 impl std::fmt::Debug for Shared {
@@ -184,7 +202,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: Arc<SessionConfig>, store: Arc<dyn SessionStore>) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<SessionConfig>,
+        store: Arc<dyn SessionStore>,
+        capacity: CapacityLimits,
+    ) -> Self {
         Shared {
             cfg,
             store,
@@ -200,6 +222,7 @@ impl Shared {
                 reject_new: AtomicBool::new(false),
                 delay_ms: AtomicU64::new(0),
             },
+            capacity: Mutex::new(Capacity::new(capacity)),
         }
     }
 
@@ -418,7 +441,39 @@ impl Shared {
             http_proxy: c.http_proxy.load(Relaxed),
             errors_by_code: lock(&c.errors_by_code).clone(),
             closes_by_reason: lock(&c.closes_by_reason).clone(),
+            capacity_delayed: c.capacity_delayed.load(Relaxed),
+            capacity_wait_ms_total: c.capacity_wait_ms_total.load(Relaxed),
+            capacity: self.capacity_limits(),
         }
+    }
+
+    // ----- capacity -----
+
+    /// Reserves one request of `kind` arriving at `now`; returns when it may run, counting
+    /// it as delayed if that is later than `now`.
+    pub(crate) fn reserve_capacity(&self, kind: CapacityKind, now: Tick) -> Tick {
+        let at = {
+            let mut cap = lock(&self.capacity);
+            match kind {
+                CapacityKind::Handshake => cap.handshakes.reserve(now.0),
+                CapacityKind::FastConnect => cap.fast_connects.reserve(now.0),
+            }
+        };
+        if at > now.0 {
+            self.counters.capacity_delayed.fetch_add(1, Relaxed);
+            self.counters
+                .capacity_wait_ms_total
+                .fetch_add(at - now.0, Relaxed);
+        }
+        Tick(at)
+    }
+
+    pub(crate) fn capacity_limits(&self) -> CapacityLimits {
+        lock(&self.capacity).limits()
+    }
+
+    pub(crate) fn set_capacity(&self, change: CapacityChange) -> CapacityLimits {
+        lock(&self.capacity).apply(change)
     }
 
     // ----- faults -----

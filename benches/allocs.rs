@@ -70,6 +70,7 @@ fn sim(devices: u32, sink: bool) -> Sim {
         seed: 11,
         sink,
         drain_timeout_ms: 10_000,
+        admission: Default::default(),
     };
     let cfg = SimConfig {
         server: Arc::new(server),

@@ -91,9 +91,21 @@ pub struct RunArgs {
     /// Heartbeat the devices ask for (min and max), ms.
     #[arg(long, default_value_t = 180_000)]
     pub heartbeat: i32,
-    /// Request timeout (handshake, fast connect, bind), ms.
-    #[arg(long, default_value_t = 3_000)]
+    /// Request timeout (handshake, fast connect, bind), ms. A server answers in order on a
+    /// connection, so a late answer is still taken up to this limit; 10 s is what mobile HTTP
+    /// stacks default to (OkHttp's read timeout) and outlasts a loaded server's queue.
+    #[arg(long, default_value_t = 10_000)]
     pub request_timeout: u32,
+    /// Most devices of the fleet between connect and bound at once (the admission window;
+    /// split over the shards); 0 = unlimited. Starts and reconnects wait for room.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: u32,
+    /// Retry budget: tokens a session that came up earns for later reconnects.
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_budget: f64,
+    /// Retry budget floor: reconnect tokens per second that accrue regardless (fleet-wide).
+    #[arg(long, default_value_t = 10.0)]
+    pub retry_floor: f64,
     /// Connect timeout, ms.
     #[arg(long, default_value_t = 3_000)]
     pub connect_timeout: u32,
@@ -432,8 +444,17 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
         seed: args.seed,
         pin: !args.no_pin,
         ring_entries: args.ring_entries,
+        admission: crate::shard::core::Admission {
+            max_pending: args.max_pending,
+            retry_ratio: args.retry_budget,
+            retry_floor_per_sec: args.retry_floor,
+        },
         ..FleetConfig::default()
     };
+    let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+    if !non_negative(args.retry_budget) || !non_negative(args.retry_floor) {
+        return Err(UsageError("--retry-budget and --retry-floor must be >= 0".into()).into());
+    }
     if let Some(n) = args.shards {
         if n == 0 {
             return Err(UsageError("--shards must be at least 1".into()).into());

@@ -55,6 +55,8 @@ pub struct FleetConfig {
     pub sink: Option<crate::sink::SinkSender>,
     /// How long a graceful stop waits for the sink to take what was received.
     pub drain_timeout: Duration,
+    /// The fleet's admission window (`max_pending` across all shards) and retry budget.
+    pub admission: crate::shard::core::Admission,
 }
 
 impl Default for FleetConfig {
@@ -73,7 +75,25 @@ impl Default for FleetConfig {
             ring_entries: 4096,
             sink: None,
             drain_timeout: Duration::from_secs(10),
+            admission: Default::default(),
         }
+    }
+}
+
+/// A shard's part of the fleet's admission window: its share of `max_pending`, at least 1
+/// (0 stays unlimited); the budget's ratio applies per shard as it is, its floor by share.
+fn shard_admission(
+    fleet: &crate::shard::core::Admission,
+    share: f64,
+) -> crate::shard::core::Admission {
+    let max_pending = match fleet.max_pending {
+        0 => 0,
+        n => ((f64::from(n) * share).round() as u32).max(1),
+    };
+    crate::shard::core::Admission {
+        max_pending,
+        retry_ratio: fleet.retry_ratio,
+        retry_floor_per_sec: fleet.retry_floor_per_sec * share,
     }
 }
 
@@ -150,6 +170,7 @@ impl Fleet {
                 ring_entries: cfg.ring_entries,
                 sink: cfg.sink.clone(),
                 drain_timeout: cfg.drain_timeout,
+                admission: shard_admission(&cfg.admission, share),
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
             let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())

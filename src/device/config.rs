@@ -102,7 +102,7 @@ impl Default for DeviceConfig {
             min_heartbeat: 180_000,
             max_heartbeat: 180_000,
             connect_timeout_ms: 3_000,
-            request_timeout_ms: 3_000,
+            request_timeout_ms: 10_000,
             bind_retries: 2,
             backoff_base_ms: 500,
             backoff_cap_ms: 30_000,

@@ -46,7 +46,6 @@ impl Device {
                     ticket: usable.map(Box::new),
                 });
                 self.request_sent_us = now.us;
-                sh.stats.counters.connects += 1;
                 self.owed.set(Owed::CONNECT);
             }
             (State::ExpectConnect(_), Event::Connected) => self.on_connected(now, sh),

@@ -457,7 +457,10 @@ fn a_silent_server_times_the_request_out() {
     let mut s = Script::new();
     s.connect(None);
     s.sent();
-    s.run_until(s.ms + 3_000);
+    let timeout = u64::from(s.sh.cfg.request_timeout_ms);
+    s.run_until(s.ms + timeout - 1);
+    assert_eq!(s.effects(), vec![], "not before the request timeout");
+    s.run_until(s.ms + 1);
     assert_eq!(
         s.effects(),
         vec![Effect::Close(CloseReason::RequestTimeout)]

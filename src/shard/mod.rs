@@ -55,6 +55,8 @@ pub struct ShardConfig {
     pub sink: Option<crate::sink::SinkSender>,
     /// How long a graceful stop may wait for the sink to take what was received.
     pub drain_timeout: Duration,
+    /// The shard's admission window and retry budget.
+    pub admission: core::Admission,
 }
 
 /// What the control plane tells a shard.

@@ -159,6 +159,13 @@ impl Sim {
         self.stalled_until = until_ms;
     }
 
+    /// Limits the server to `handshakes` and `fast_connects` per second (0: unlimited), as
+    /// `serve --max-handshakes-per-sec` does: requests over it wait and are answered late.
+    pub fn limit_server(&mut self, handshakes: f64, fast_connects: f64) {
+        self.server.capacity.handshakes.set_rate(handshakes);
+        self.server.capacity.fast_connects.set_rate(fast_connects);
+    }
+
     /// Refuse (or accept again) new connections.
     pub fn refuse_connects(&mut self, refuse: bool) {
         self.refuse_connects = refuse;
@@ -352,8 +359,12 @@ impl Sim {
                 }
                 Net::ToServer(conn, data) => {
                     let mut out = ServerOut::default();
-                    self.server
-                        .receive(conn, &data, ServerTick(self.now_ms), wall, &mut out);
+                    let now = ServerTick(self.now_ms);
+                    if let Some(at) = self.server.receive(conn, &data, now, wall, &mut out) {
+                        // Held back by the capacity model: resume then, in order.
+                        let wait = at.saturating_sub(self.now_ms);
+                        self.schedule(wait, Net::ToServer(conn, Bytes::new()));
+                    }
                     self.arm_server(conn);
                     self.send_server_out(out);
                 }
@@ -515,5 +526,7 @@ impl Sim {
     }
 }
 
+#[cfg(test)]
+mod overload;
 #[cfg(test)]
 mod tests;

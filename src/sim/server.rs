@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 
-use crate::proto::{Flags, FrameDecoder, MsgId, Unit};
+use crate::proto::{Cmd, Flags, FrameDecoder, MsgId, Unit};
+use crate::server::capacity::{Capacity, CapacityLimits};
 use crate::server::session::{ClientType, Effect, SessionEvent, SessionLookup, Tick as ServerTick};
 use crate::server::{ServerSession, SessionConfig};
 use crate::shard::core::ConnId;
@@ -45,6 +46,9 @@ pub(super) struct ServerConn {
     pub(super) session: ServerSession,
     rx: BytesMut,
     pub(super) open: bool,
+    /// The next frame (a handshake or fast connect) may run only from this time: the
+    /// capacity model made it wait, and the connection's later input waits behind it.
+    ready_at: Option<u64>,
 }
 
 /// What the server wants the network to do after handling input.
@@ -67,6 +71,8 @@ pub(super) struct SimServer {
     rng: StdRng,
     next_msg_id: i32,
     pub(super) counts: ServerCounts,
+    /// Handshakes and fast connects per second the server can take (the `serve` model).
+    pub(super) capacity: Capacity,
 }
 
 impl SimServer {
@@ -80,6 +86,7 @@ impl SimServer {
             rng,
             next_msg_id: 0,
             counts: ServerCounts::default(),
+            capacity: Capacity::new(CapacityLimits::default()),
         }
     }
 
@@ -92,11 +99,13 @@ impl SimServer {
                 session,
                 rx: BytesMut::new(),
                 open: true,
+                ready_at: None,
             },
         );
     }
 
-    /// Bytes from the client.
+    /// Bytes from the client. Returns a time at which to call again (with no bytes) when the
+    /// capacity model holds the connection's next request back.
     pub(super) fn receive(
         &mut self,
         conn: ConnId,
@@ -104,20 +113,22 @@ impl SimServer {
         now: ServerTick,
         wall_ms: i64,
         out: &mut ServerOut,
-    ) {
-        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else {
-            return;
-        };
+    ) -> Option<u64> {
+        let c = self.conns.get_mut(&conn).filter(|c| c.open)?;
         c.rx.extend_from_slice(data);
         loop {
-            let c = self.conns.get_mut(&conn).expect("looked up above");
+            let c = self.conns.get_mut(&conn)?;
             if !c.open {
-                return;
+                return None;
             }
+            if let Some(at) = self.hold_back(conn, now.0) {
+                return Some(at);
+            }
+            let c = self.conns.get_mut(&conn)?;
             match self.decoder.decode(&mut c.rx) {
                 Ok(Some(Unit::Heartbeat)) => c.session.handle_heartbeat(now),
                 Ok(Some(Unit::Frame(f))) => c.session.handle_frame(now, wall_ms, &mut self.rng, f),
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(e) => {
                     c.session.handle_decode_error(&e);
                     c.rx.clear();
@@ -125,6 +136,36 @@ impl SimServer {
             }
             self.drain(conn, out);
         }
+    }
+
+    /// Whether the connection's next whole frame is a handshake or fast connect that the
+    /// capacity model makes wait; reserves its time once.
+    fn hold_back(&mut self, conn: ConnId, now: u64) -> Option<u64> {
+        let c = self.conns.get_mut(&conn)?;
+        if let Some(at) = c.ready_at {
+            if now < at {
+                return Some(at);
+            }
+            c.ready_at = None;
+            return None; // its time came: the frame runs now
+        }
+        let skip = c.rx.iter().take_while(|b| **b == 0xDF).count();
+        let head = c.rx.get(skip..skip + 13)?;
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]).max(0) as usize;
+        if c.rx.len() < skip + 13 + len {
+            return None; // not whole yet
+        }
+        let bucket = match head[4] {
+            x if x == Cmd::Handshake as u8 => &mut self.capacity.handshakes,
+            x if x == Cmd::FastConnect as u8 => &mut self.capacity.fast_connects,
+            _ => return None,
+        };
+        let at = bucket.reserve(now);
+        if at <= now {
+            return None;
+        }
+        c.ready_at = Some(at);
+        Some(at)
     }
 
     /// The client shut the connection down.

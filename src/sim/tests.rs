@@ -30,6 +30,7 @@ fn core_cfg(devices: u32) -> CoreConfig {
         seed: 7,
         sink: false,
         drain_timeout_ms: 10_000,
+        admission: Default::default(),
     }
 }
 

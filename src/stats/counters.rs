@@ -187,6 +187,7 @@ counters! {
     counter tickets_saved: "Tickets written to the store.",
     counter tickets_found: "Ticket lookups that found a usable ticket.",
     counter ticket_errors: "Ticket store operations that failed.",
+    counter retries_throttled: "Reconnects held back by the retry budget.",
     by_code errors as server_errors: "ERROR replies from the server, by error code.",
     gauge online: "Devices online now (handshake or fast connect done, connection up).",
     gauge connections: "Devices whose connection is up now.",

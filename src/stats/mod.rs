@@ -28,17 +28,20 @@ pub enum Latency {
     HeartbeatRtt,
     /// Push received to the sink taking it.
     PushToSink,
+    /// A connect waiting for the admission window or a retry token.
+    WindowWait,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 6] = [
+    pub const ALL: [Latency; 7] = [
         Latency::Connect,
         Latency::Handshake,
         Latency::FastConnect,
         Latency::Bind,
         Latency::HeartbeatRtt,
         Latency::PushToSink,
+        Latency::WindowWait,
     ];
 
     /// The name used in reports and metrics.
@@ -50,6 +53,7 @@ impl Latency {
             Latency::Bind => "bind",
             Latency::HeartbeatRtt => "heartbeat_rtt",
             Latency::PushToSink => "push_to_sink",
+            Latency::WindowWait => "window_wait",
         }
     }
 }

@@ -20,6 +20,7 @@ impl ShardCore {
         while let Some(effect) = self.slots[slot as usize].device.poll_effect() {
             self.apply(slot, effect);
         }
+        self.update_admission(slot);
     }
 
     /// Output without frames to seal is written at once; output with some waits for the
@@ -71,13 +72,7 @@ impl ShardCore {
                 self.tickets.push_back(TicketOp::Save(device, ticket, wall));
             }
             Effect::DeleteTicket => self.tickets.push_back(TicketOp::Delete(device)),
-            Effect::Connect => {
-                let (src, dst) = self.server_for_connect();
-                let s = &mut self.slots[slot as usize];
-                s.gen = s.gen.wrapping_add(1);
-                let conn = ConnId { slot, gen: s.gen };
-                self.io.push_back(Io::Connect { conn, src, dst });
-            }
+            Effect::Connect => self.request_connect(slot),
             Effect::Close(reason) => {
                 tracing::debug!(device, ?reason, "closing");
                 let s = &mut self.slots[slot as usize];
@@ -114,6 +109,18 @@ impl ShardCore {
                 });
             }
         }
+    }
+
+    /// Opens a connection for the device in `slot` (the admission window let it through).
+    pub(super) fn start_connect(&mut self, slot: u32) {
+        let (src, dst) = self.server_for_connect();
+        let s = &mut self.slots[slot as usize];
+        s.gen = s.gen.wrapping_add(1);
+        let conn = ConnId { slot, gen: s.gen };
+        // Counted here, not when the device asked: a connect waiting for the window or the
+        // retry budget has not been attempted.
+        self.shared.stats.counters.connects += 1;
+        self.io.push_back(Io::Connect { conn, src, dst });
     }
 
     /// Keeps a chunk of room in the output buffer: slices handed out as `Io::Write` share it,

@@ -29,6 +29,7 @@
 //!   connection's [`Io::Shutdown`].
 //! - Time is u64 milliseconds: nothing saturates or wraps.
 
+mod admit;
 mod drive;
 mod io;
 mod ramp;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+pub use admit::Admission;
 pub use io::{ConnId, Io, TicketOp};
 pub use sink::{SinkItem, SinkToken};
 
@@ -50,6 +52,7 @@ use crate::proto::{FrameDecoder, Unit};
 use crate::stats::ShardStats;
 use crate::tickets::format::ClientTicket;
 
+use admit::{Admit, Gate};
 use io::Conn;
 use ramp::Ramp;
 use sink::SinkQueue;
@@ -82,6 +85,8 @@ pub struct CoreConfig {
     pub sink: bool,
     /// How long a graceful stop may wait for the sink to take what was received, ms.
     pub drain_timeout_ms: u64,
+    /// The admission window and the retry budget.
+    pub admission: Admission,
 }
 
 /// One device and its connection.
@@ -95,6 +100,10 @@ struct Slot {
     armed: Tick,
     /// Index into `sealing` of this turn's output waiting for encryption, if any.
     sealing: Option<u32>,
+    /// Where the slot is in the admission window.
+    admit: Admit,
+    /// Whether the device connected before (its next connect is a retry).
+    connected_before: bool,
 }
 
 /// A device's output of this turn that holds frames to encrypt in the turn's batch.
@@ -127,6 +136,7 @@ pub struct ShardCore {
     io: std::collections::VecDeque<Io>,
     tickets: std::collections::VecDeque<TicketOp>,
     sink: SinkQueue,
+    gate: Gate,
     stop: Stop,
     next_server: usize,
     next_source: usize,
@@ -144,6 +154,8 @@ impl ShardCore {
                 conn: None,
                 armed: Tick::NEVER,
                 sealing: None,
+                admit: Admit::Idle,
+                connected_before: false,
             })
             .collect();
         ShardCore {
@@ -161,6 +173,7 @@ impl ShardCore {
             io: Default::default(),
             tickets: Default::default(),
             sink: SinkQueue::default(),
+            gate: Gate::new(cfg.admission, cfg.devices),
             stop: Stop::Running,
             next_server: 0,
             next_source: 0,
@@ -183,6 +196,11 @@ impl ShardCore {
     pub fn count_store(&mut self, saved: u64, errors: u64) {
         self.shared.stats.counters.tickets_saved += saved;
         self.shared.stats.counters.ticket_errors += errors;
+    }
+
+    /// Devices between connect and bound now (in the admission window).
+    pub fn pending(&self) -> u32 {
+        self.gate.pending()
     }
 
     /// The configuration.
@@ -334,6 +352,7 @@ impl ShardCore {
         for slot in self.ramp.due(tick) {
             self.event(slot, Event::Start);
         }
+        self.admit_waiting();
         self.sink.full = false;
         self.resume_drained();
         self.advance_stop(tick);
@@ -369,6 +388,7 @@ impl ShardCore {
             }
         };
         at(self.ramp.next_start(now));
+        at(self.gate.next_token(now));
         if !self.sink.backlog.is_empty() {
             at(Some(now.after(SINK_RETRY_MS)));
         }

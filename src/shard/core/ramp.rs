@@ -35,7 +35,10 @@ impl Ramp {
         let due = if self.rate <= 0.0 {
             self.total.min(self.started + MAX_STARTS_PER_TURN)
         } else {
-            let due = (now.0 as f64 / 1000.0 * self.rate) as u64;
+            // The epsilon keeps `due` and `next_start` in step: at the ms `next_start` names,
+            // float rounding must not leave the device one short (the loop would wake at
+            // that ms forever).
+            let due = (now.0 as f64 * self.rate / 1000.0 + 1e-6) as u64;
             u32::try_from(due).unwrap_or(u32::MAX).min(self.total)
         };
         let from = self.started;
@@ -52,7 +55,7 @@ impl Ramp {
             return Some(now);
         }
         // The first whole millisecond at which `due` covers one more device.
-        let ms = (f64::from(self.started + 1) * 1000.0 / self.rate).ceil() as u64;
+        let ms = (f64::from(self.started + 1) * 1000.0 / self.rate - 1e-6).ceil() as u64;
         Some(Tick(ms.max(now.0)))
     }
 
@@ -75,6 +78,16 @@ mod tests {
         assert_eq!(r.due(Tick(55)), 1..5);
         assert_eq!(r.due(Tick(10_000)), 5..10);
         assert_eq!(r.next_start(Tick(10_000)), None);
+    }
+
+    #[test]
+    fn every_start_time_it_names_starts_a_device() {
+        for rate in [200.0, 333.0, 1_000.0, 7.0, 2_000.0 / 3.0] {
+            let mut r = Ramp::new(500, rate);
+            while let Some(t) = r.next_start(Tick(0)) {
+                assert!(!r.due(t).is_empty(), "rate {rate}: nothing due at {t:?}");
+            }
+        }
     }
 
     #[test]

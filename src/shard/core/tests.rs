@@ -19,6 +19,7 @@ fn core(devices: u32) -> ShardCore {
         seed: 1,
         sink: false,
         drain_timeout_ms: 1_000,
+        admission: Default::default(),
     };
     ShardCore::new(cfg, at(0))
 }

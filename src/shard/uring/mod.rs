@@ -57,6 +57,7 @@ pub(super) async fn run(
             .map_or_else(rand::random, |seed| seed ^ cfg.id as u64),
         sink: cfg.sink.is_some(),
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
+        admission: cfg.admission,
     };
     let mut d = Driver {
         core: ShardCore::new(core_cfg, now(epoch)),

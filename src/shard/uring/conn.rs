@@ -30,6 +30,9 @@ use tokio_uring::net::TcpStream;
 
 use crate::shard::core::{ConnId, IDLE_READ};
 
+/// Largest write buffer a connection keeps between writes.
+const KEEP_WRITE_BUF: usize = 64;
+
 /// A socket task's report to the loop.
 #[derive(Debug)]
 pub(super) enum Completion {
@@ -111,8 +114,7 @@ impl ConnIo {
             shutdown: Cell::new(false),
             writer_wake: Notify::new(),
         });
-        tokio_uring::spawn(read_loop(io.clone(), queue.clone()));
-        tokio_uring::spawn(write_loop(io.clone(), queue.clone()));
+        tokio_uring::spawn(run(io.clone(), queue.clone()));
         io
     }
 
@@ -144,39 +146,40 @@ impl ConnIo {
     }
 }
 
-/// The one read of a socket, again and again. Between reads the buffer is with the loop, and
-/// no read is in flight while the connection is paused: a read that cannot be delivered is
-/// never started.
-async fn read_loop(io: Rc<ConnIo>, queue: Queue) {
+/// A connection's one task, for its life: one read in flight at a time (kept across writes,
+/// never dropped half-done), and the loop's queued bytes written in order as they come, then
+/// a shutdown when the loop asks for one. One task, not a reader and a writer: an idle
+/// session holds one task's state, not two.
+async fn run(io: Rc<ConnIo>, queue: Queue) {
     let mut buf = BytesMut::with_capacity(IDLE_READ);
+    let mut spare = BytesMut::new();
+    let mut shut = false;
     loop {
-        while io.paused.get() && !io.shutdown.get() {
-            io.reader_wake.notified().await;
-        }
-        let size = io.read_size.get();
-        if buf.capacity() > 4 * size.max(IDLE_READ) {
-            // A big frame passed: do not keep its buffer while idle.
-            buf = BytesMut::with_capacity(size);
-        }
-        buf.clear();
-        buf.reserve(size);
-        let (res, back) = io.stream.read(buf).await;
-        match res {
-            Ok(n) if n > 0 => {
-                *io.read_buf.borrow_mut() = Some(back);
-                io.with_loop.set(true);
-                queue.push(Completion::Readable(io.id));
-                while io.with_loop.get() {
-                    if io.shutdown.get() {
-                        queue.push(Completion::Closed(io.id));
-                        return;
-                    }
-                    io.reader_wake.notified().await;
-                }
-                let back = io.read_buf.borrow_mut().take();
-                buf = back.unwrap_or_default();
+        let read = read_once(&io, &queue, std::mem::take(&mut buf));
+        tokio::pin!(read);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                outcome = &mut read => break outcome,
+                () = io.writer_wake.notified() => {}
             }
-            _ => {
+            if !shut && !flush(&io, &queue, &mut spare).await {
+                shut = true;
+            }
+            if io.shutdown.get() && !shut && io.queued.borrow().is_empty() {
+                // Everything queued before the shutdown is written: now end the stream,
+                // which completes the read in flight with 0 bytes.
+                let _ = io.stream.shutdown(std::net::Shutdown::Both);
+                shut = true;
+            }
+        };
+        match outcome {
+            Some(back) => buf = back,
+            None => {
+                // Writes never started are done, unsent: the loop counts every one.
+                for _ in 0..io.queued_writes.replace(0) {
+                    queue.push(Completion::WriteDone(io.id, false));
+                }
                 queue.push(Completion::Closed(io.id));
                 return;
             }
@@ -184,20 +187,43 @@ async fn read_loop(io: Rc<ConnIo>, queue: Queue) {
     }
 }
 
-/// Sends what the loop queued, one write in flight at a time, then shuts down when told to,
-/// after everything queued before.
-async fn write_loop(io: Rc<ConnIo>, queue: Queue) {
-    let mut spare = BytesMut::new();
-    loop {
-        if io.queued.borrow().is_empty() {
-            if io.shutdown.get() {
-                let _ = io.stream.shutdown(std::net::Shutdown::Both);
-                return;
+/// One read: waits while paused, reads, hands the bytes to the loop and waits for the buffer
+/// back. `None` when the stream ended or failed.
+async fn read_once(io: &ConnIo, queue: &Queue, mut buf: BytesMut) -> Option<BytesMut> {
+    while io.paused.get() && !io.shutdown.get() {
+        io.reader_wake.notified().await;
+    }
+    let size = io.read_size.get();
+    if buf.capacity() > 4 * size.max(IDLE_READ) {
+        // A big frame passed: do not keep its buffer while idle.
+        buf = BytesMut::with_capacity(size);
+    }
+    buf.clear();
+    buf.reserve(size);
+    let (res, back) = io.stream.read(buf).await;
+    match res {
+        Ok(n) if n > 0 => {
+            *io.read_buf.borrow_mut() = Some(back);
+            io.with_loop.set(true);
+            queue.push(Completion::Readable(io.id));
+            while io.with_loop.get() {
+                if io.shutdown.get() {
+                    return None;
+                }
+                io.reader_wake.notified().await;
             }
-            io.writer_wake.notified().await;
-            continue;
+            let back = io.read_buf.borrow_mut().take();
+            Some(back.unwrap_or_default())
         }
-        let buf = std::mem::replace(&mut *io.queued.borrow_mut(), spare);
+        _ => None,
+    }
+}
+
+/// Writes what the loop queued, in order, one write in flight. `false` once a write failed
+/// (the socket is then shut down; the read ends with it).
+async fn flush(io: &ConnIo, queue: &Queue, spare: &mut BytesMut) -> bool {
+    while !io.queued.borrow().is_empty() {
+        let buf = std::mem::replace(&mut *io.queued.borrow_mut(), std::mem::take(spare));
         let writes = io.queued_writes.replace(0);
         let (res, mut back) = io.stream.write_all(buf).await;
         let ok = res.is_ok();
@@ -205,17 +231,18 @@ async fn write_loop(io: Rc<ConnIo>, queue: Queue) {
             queue.push(Completion::WriteDone(io.id, ok));
         }
         back.clear();
-        // Keep a small buffer for the next heartbeat; let a big one go.
-        spare = if back.capacity() <= 4 * IDLE_READ {
-            back
-        } else {
-            BytesMut::new()
-        };
+        // Keep a buffer the size of a heartbeat, an ack or a bind for the next write (no
+        // allocation per heartbeat); let a handshake's or a push burst's go, or every idle
+        // session would hold one.
+        if back.capacity() <= KEEP_WRITE_BUF {
+            *spare = back;
+        }
         if !ok {
             let _ = io.stream.shutdown(std::net::Shutdown::Both);
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Connects `dst` from `src` within `timeout` and reports the result.

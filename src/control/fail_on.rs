@@ -231,41 +231,10 @@ fn counter(c: &Counters, name: &str) -> f64 {
 
 /// The thresholds that `stats` of a fleet of `devices` devices violates, as readable lines.
 pub fn evaluate(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<String> {
-    let c = &stats.counters;
-    thresholds
-        .iter()
-        .filter_map(|t| {
-            let (actual, shown) = match &t.metric {
-                Metric::Counter(name) => {
-                    let v = counter(c, name);
-                    (v, format!("{name} was {v}"))
-                }
-                Metric::Percent(name) => {
-                    let v = counter(c, name);
-                    // An empty fleet is vacuously complete.
-                    let pct = if devices == 0 {
-                        100.0
-                    } else {
-                        100.0 * v / f64::from(devices)
-                    };
-                    (
-                        pct,
-                        format!("{name} was {pct:.3}% ({v} of {devices} devices)"),
-                    )
-                }
-                Metric::ErrorCode(code) => {
-                    let v = c.errors.get(code).copied().unwrap_or(0) as f64;
-                    (v, format!("errors with code {code} were {v}"))
-                }
-                Metric::Latency(l, s) => {
-                    let summary = Summary::of(stats.latencies.get(*l));
-                    let v = s.of(&summary);
-                    (v, format!("was {v:.3}ms over {} samples", summary.count))
-                }
-            };
-            t.op.holds(actual, t.limit)
-                .then(|| format!("--fail-on {t}: {shown}"))
-        })
+    judge(thresholds, devices, stats)
+        .into_iter()
+        .filter(|v| v.failed)
+        .map(|v| format!("--fail-on {}: {}", v.threshold, v.actual))
         .collect()
 }
 
@@ -281,9 +250,7 @@ pub struct Verdict {
     pub actual: String,
 }
 
-/// Every threshold with its verdict, in the order given; the failed ones are exactly those
-/// [`evaluate`] lists. (Beside `evaluate` rather than under it, so a change to one does not
-/// move the other's lines.)
+/// Every threshold with its verdict, in the order given; [`evaluate`] lists the failed ones.
 pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<Verdict> {
     let c = &stats.counters;
     thresholds
@@ -296,6 +263,7 @@ pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<
                 }
                 Metric::Percent(name) => {
                     let v = counter(c, name);
+                    // An empty fleet is vacuously complete.
                     let pct = if devices == 0 {
                         100.0
                     } else {

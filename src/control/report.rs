@@ -144,6 +144,9 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         c.acks_sent,
         c.reconnects,
     );
+    if c.retries_throttled > 0 {
+        line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
+    }
     let errors = error_names(c);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -123,8 +123,11 @@ fi
 serve_pid=
 
 # --- Fuzzing: each target for a few seconds. ------------------------------------------
-step "mkdir -p fuzz/corpus/decode_stream fuzz/corpus/device_input" \
-  mkdir -p fuzz/corpus/decode_stream fuzz/corpus/device_input
+# The README's own corpus line, whatever targets it names.
+mkdir_line=$(readme_commands | grep -m1 '^mkdir -p fuzz/corpus' || true)
+if [ -n "$mkdir_line" ]; then
+  step "$mkdir_line" bash -c "$mkdir_line"
+fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "installing cargo-fuzz (the README's fuzz commands need it)"
   cargo install --locked -q cargo-fuzz

@@ -7,6 +7,7 @@
 //! whose hard limit is 20,000.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,17 +67,32 @@ impl Embedded {
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let exe = std::env::current_exe().context("locating mpush-fleet for the child server")?;
         let hb = heartbeat_ms.to_string();
-        let child = Command::new(exe)
-            .args([
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--min-heartbeat",
-                &hb,
-            ])
-            .args(["--max-heartbeat", &hb])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--min-heartbeat",
+            &hb,
+        ])
+        .args(["--max-heartbeat", &hb])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // Its own process group: a terminal's Ctrl-C reaches the fleet only, which stops
+        // gracefully first and ends the server last (`stop`). Were the server in the fleet's
+        // group, it would die first and the graceful stop would turn into a reconnect storm.
+        .process_group(0);
+        // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
+        // async-signal-safe and touches no memory of the parent. If the fleet dies without
+        // stopping it (a crash, SIGKILL), the server gets SIGTERM instead of living on.
+        unsafe {
+            cmd.pre_exec(|| {
+                let term = rustix::process::Signal::TERM;
+                rustix::process::set_parent_process_death_signal(Some(term))
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .spawn()
             .context("starting the embedded server as a child process")?;
         let mut embedded = Embedded::Child { child, addr };

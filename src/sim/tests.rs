@@ -358,3 +358,19 @@ fn a_full_sink_pauses_the_connection_and_loses_nothing() {
     assert_eq!(counters(&sim).pushes_received, 6);
     assert_eq!(counters(&sim).online, 1, "the session stayed up");
 }
+
+/// A graceful stop while the server drops every session: no reconnect is started during the
+/// stop (a storm of reconnects at Ctrl-C would hit the server as the fleet leaves).
+#[test]
+fn no_reconnect_is_started_during_a_graceful_stop() {
+    let n = 50;
+    let mut sim = Sim::new(core_cfg(n), SimConfig::default());
+    bring_online(&mut sim, n, "start");
+    let connects = counters(&sim).connects;
+    let now = sim.now();
+    sim.core.handle_stop(now);
+    sim.close_all();
+    assert!(sim.run_until(LIMIT_MS, |s| s.core.is_finished()));
+    assert_eq!(counters(&sim).connects, connects, "{:?}", counters(&sim));
+    assert_eq!(sim.server_connections(), 0);
+}

@@ -124,7 +124,10 @@ impl ShardCore {
         let s = &mut self.slots[slot as usize];
         let retry = s.connected_before;
         s.connected_before = true;
-        let blocked = self.gate.window_full()
+        // No reconnect is started during a graceful stop: the device waits, then stops.
+        let stopping = self.stop != super::stop::Stop::Running;
+        let blocked = stopping
+            || self.gate.window_full()
             || !self.gate.waiting.is_empty()
             || (retry && self.gate.cfg.budgeted() && self.gate.tokens < 1.0);
         if blocked {
@@ -182,6 +185,9 @@ impl ShardCore {
         self.gate.last_refill = now;
         let floor = self.gate.cfg.retry_floor_per_sec * dt as f64 / 1000.0;
         self.gate.deposit(floor);
+        if self.stop != super::stop::Stop::Running {
+            return;
+        }
         while !self.gate.window_full() {
             let Some(&slot) = self.gate.waiting.front() else {
                 break;

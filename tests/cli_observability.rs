@@ -62,6 +62,9 @@ fn bad_fail_on_and_sink_values_are_usage_errors() {
         ["--fail-on", "online<lots"],
         ["--sink", "tcp:1.2.3.4:5"],
         ["--sink-capacity", "0"],
+        ["--retry-floor", "NaN"],
+        ["--retry-budget", "inf"],
+        ["--max-pending", "lots"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_mpush-fleet"))
             .args(["run", "--devices", "1", "--duration", "0s"])

@@ -453,7 +453,11 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
     };
     let non_negative = |x: f64| x.is_finite() && x >= 0.0;
     if !non_negative(args.retry_budget) || !non_negative(args.retry_floor) {
-        return Err(UsageError("--retry-budget and --retry-floor must be >= 0".into()).into());
+        return Err(UsageError(format!(
+            "--retry-budget ({}) and --retry-floor ({}) must be numbers >= 0",
+            args.retry_budget, args.retry_floor
+        ))
+        .into());
     }
     if let Some(n) = args.shards {
         if n == 0 {

@@ -25,7 +25,7 @@ use crate::device::Now;
 use crate::proto::Flags;
 use crate::server::session::Tick as ServerTick;
 use crate::server::SessionConfig;
-use crate::shard::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken, TicketOp};
+use crate::shard::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken};
 use crate::tickets::{Loaded, MemoryTickets, TicketStore};
 use server::{ServerOut, SimServer};
 
@@ -432,11 +432,7 @@ impl Sim {
             ios.push(io);
         }
         while let Some(op) = self.core.poll_ticket() {
-            match op {
-                TicketOp::Load(d) => self.tickets.load(d),
-                TicketOp::Save(d, t, wall) => self.tickets.save(d, &t, wall),
-                TicketOp::Delete(d) => self.tickets.delete(d),
-            }
+            op.apply(&mut self.tickets);
         }
         self.tickets.flush();
         self.tickets.drain_ready(&mut self.loaded);

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 
 use crate::tickets::format::ClientTicket;
+use crate::tickets::TicketStore;
 
 /// One connection of one slot. The generation changes with every connect, so a completion for
 /// a connection the core has given up is recognised and ignored.
@@ -58,6 +59,17 @@ pub enum TicketOp {
     Save(u32, ClientTicket, i64),
     /// Drop the device's ticket.
     Delete(u32),
+}
+
+impl TicketOp {
+    /// Hands the request to `store` (what every driver does with it).
+    pub fn apply(self, store: &mut dyn TicketStore) {
+        match self {
+            TicketOp::Load(device) => store.load(device),
+            TicketOp::Save(device, ticket, wall_ms) => store.save(device, &ticket, wall_ms),
+            TicketOp::Delete(device) => store.delete(device),
+        }
+    }
 }
 
 /// A connection as the core sees it: the bytes of a frame still arriving, and backpressure.

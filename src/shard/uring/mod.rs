@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
 use self::conn::{Completion, ConnIo, Queue};
-use super::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken, TicketOp};
+use super::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken};
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
 use crate::sink::SinkRecord;
@@ -171,11 +171,7 @@ impl Driver {
             self.start(io);
         }
         while let Some(op) = self.core.poll_ticket() {
-            match op {
-                TicketOp::Load(device) => self.store.load(device),
-                TicketOp::Save(device, ticket, wall) => self.store.save(device, &ticket, wall),
-                TicketOp::Delete(device) => self.store.delete(device),
-            }
+            op.apply(self.store.as_mut());
         }
         self.store.flush();
     }

@@ -50,6 +50,32 @@ fn rsa(c: &mut Criterion) {
     g.bench_function(format!("encrypt_handshake_{}B", body.len()), |b| {
         b.iter(|| enc.encrypt(&mut rng, black_box(&body)))
     });
+    // The same encryption through the `rsa` crate's own public-key operation (what
+    // RsaEncryptor did before its Montgomery form): the before/after ratio in one run.
+    let crate_key = {
+        use base64::Engine as _;
+        use rsa::pkcs8::DecodePublicKey as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(mpush_fleet::crypto::MPUSH_DEFAULT_PUBLIC_KEY)
+            .unwrap();
+        rsa::RsaPublicKey::from_public_key_der(&der).unwrap()
+    };
+    g.bench_function(
+        format!("encrypt_handshake_{}B_rsa_crate", body.len()),
+        |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(256);
+                for chunk in black_box(&body).chunks(117) {
+                    out.extend(
+                        crate_key
+                            .encrypt(&mut rng, rsa::Pkcs1v15Encrypt, chunk)
+                            .unwrap(),
+                    );
+                }
+                out
+            })
+        },
+    );
     g.bench_function("decrypt_handshake_128B", |b| {
         b.iter(|| dec.decrypt(black_box(&ct)))
     });

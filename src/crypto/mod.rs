@@ -20,6 +20,7 @@ mod aes_cbc;
 #[cfg(target_arch = "x86_64")]
 mod aes_ni;
 mod batch;
+mod montgomery;
 mod rsa_pkcs1;
 
 use std::fmt::Write as _;

@@ -15,6 +15,7 @@ use rsa::pkcs8::{DecodePublicKey as _, EncodePublicKey as _, PrivateKeyInfo};
 use rsa::traits::PublicKeyParts as _;
 use rsa::{BigUint, Pkcs1v15Encrypt, RsaPrivateKey, RsaPublicKey};
 
+use super::montgomery::MontModulus;
 use super::{CryptoError, KeyError};
 
 /// PKCS#1 v1.5 encryption overhead: a chunk holds at most modulus bytes - 11.
@@ -34,9 +35,14 @@ pub const MPUSH_DEFAULT_PRIVATE_KEY: &str = "MIIBNgIBADANBgkqhkiG9w0BAQEFAASCASA
 const DEFAULT_PUBLIC_EXPONENT: u32 = 65537;
 
 /// Client side: encrypts the Handshake body with the server's public key.
+///
+/// The public-key operation runs on [`MontModulus`] (the modulus's Montgomery constants made
+/// once per key, numbers on the stack); the `rsa` crate parses the key and is the fallback for
+/// a modulus that form does not take (even, or over 4096 bits).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RsaEncryptor {
     key: RsaPublicKey,
+    mont: Option<MontModulus>,
 }
 
 impl RsaEncryptor {
@@ -48,7 +54,18 @@ impl RsaEncryptor {
     pub fn from_spki_base64(b64: &str) -> Result<Self, CryptoError> {
         let der = decode_base64(b64)?;
         let key = RsaPublicKey::from_public_key_der(&der).map_err(|_| KeyError::Der)?;
-        Ok(RsaEncryptor { key })
+        Ok(RsaEncryptor::from_key(key))
+    }
+
+    fn from_key(key: RsaPublicKey) -> Self {
+        let mont = MontModulus::new(key.n(), key.e()).filter(|m| m.len() == key.size());
+        RsaEncryptor { key, mont }
+    }
+
+    /// The modulus and exponent (for tests of the Montgomery form).
+    #[cfg(test)]
+    pub(super) fn n_e(&self) -> (BigUint, BigUint) {
+        (self.key.n().clone(), self.key.e().clone())
     }
 
     /// The MPUSH default public key ([`MPUSH_DEFAULT_PUBLIC_KEY`]), parsed once per process.
@@ -84,16 +101,47 @@ impl RsaEncryptor {
         let k = self.modulus_len();
         let mut out = Vec::with_capacity(self.encrypted_len(plain.len()));
         for chunk in plain.chunks(k - PKCS1_OVERHEAD) {
-            // PKCS#1 v1.5 encryption fails only for a message over k - 11 bytes, which the
-            // chunking rules out.
-            let ct = self
-                .key
-                .encrypt(rng, Pkcs1v15Encrypt, chunk)
-                .expect("chunk fits in one PKCS#1 v1.5 block");
-            out.extend_from_slice(&ct);
+            let Some(mont) = &self.mont else {
+                // PKCS#1 v1.5 encryption fails only for a message over k - 11 bytes, which
+                // the chunking rules out.
+                let ct = self
+                    .key
+                    .encrypt(rng, Pkcs1v15Encrypt, chunk)
+                    .expect("chunk fits in one PKCS#1 v1.5 block");
+                out.extend_from_slice(&ct);
+                continue;
+            };
+            let mut em = zeroize::Zeroizing::new([0u8; MAX_MODULUS_BYTES]);
+            pad_pkcs1_type2(rng, chunk, &mut em[..k]);
+            let at = out.len();
+            out.resize(at + k, 0);
+            mont.pow_public(&em[..k], &mut out[at..]);
         }
         out
     }
+}
+
+/// The largest modulus [`MontModulus`] takes, in bytes.
+const MAX_MODULUS_BYTES: usize = 512;
+
+/// RFC 8017 7.2.1 (EME-PKCS1-v1_5): `00 02 PS 00 M`, PS at least 8 random non-zero bytes.
+/// `em` is the modulus's length and `msg` at most that minus 11.
+fn pad_pkcs1_type2<R: rand::RngCore + rand::CryptoRng>(rng: &mut R, msg: &[u8], em: &mut [u8]) {
+    let ps_end = em.len() - msg.len() - 1;
+    em[0] = 0;
+    em[1] = 2;
+    let ps = &mut em[2..ps_end];
+    rng.fill_bytes(ps);
+    for b in ps.iter_mut() {
+        // A zero would end the padding early: draw again until it is not (1/256 each).
+        while *b == 0 {
+            let mut one = [0u8; 1];
+            rng.fill_bytes(&mut one);
+            *b = one[0];
+        }
+    }
+    em[ps_end] = 0;
+    em[ps_end + 1..].copy_from_slice(msg);
 }
 
 impl fmt::Debug for RsaEncryptor {
@@ -195,9 +243,7 @@ impl RsaDecryptor {
 
     /// The matching encryptor.
     pub fn encryptor(&self) -> RsaEncryptor {
-        RsaEncryptor {
-            key: self.key.to_public_key(),
-        }
+        RsaEncryptor::from_key(self.key.to_public_key())
     }
 
     /// Modulus size in bytes: the ciphertext chunk size.
@@ -329,6 +375,36 @@ mod tests {
         let mut ct = RsaEncryptor::mpush_default().encrypt(&mut rng, b"hello");
         ct.extend_from_slice(&[0; 128]);
         assert_eq!(dec.decrypt(&ct), Err(CryptoError::Rsa));
+    }
+
+    #[test]
+    fn montgomery_path_is_taken_and_pads_as_pkcs1_says() {
+        let enc = RsaEncryptor::mpush_default();
+        assert!(
+            enc.mont.is_some(),
+            "the default key runs on the Montgomery form"
+        );
+        let dec = RsaDecryptor::mpush_default();
+        let mut rng = StdRng::seed_from_u64(5);
+        // Every length from empty to a full chunk, decrypted by the rsa crate's own code.
+        for len in 0..=117usize {
+            let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let ct = enc.encrypt(&mut rng, &plain);
+            assert_eq!(dec.decrypt(&ct), Ok(plain), "length {len}");
+        }
+        // The padding itself: 00 02, non-zero PS, 00, message.
+        let mut em = [0u8; 128];
+        pad_pkcs1_type2(&mut rng, b"abc", &mut em);
+        assert_eq!(&em[..2], &[0, 2]);
+        assert!(em[2..124].iter().all(|&b| b != 0));
+        assert_eq!(&em[124..], &[0, b'a', b'b', b'c']);
+        // A fallback encryptor (the crate's path) gives what the same key decrypts, too.
+        let fallback = RsaEncryptor {
+            mont: None,
+            ..enc.clone()
+        };
+        let ct = fallback.encrypt(&mut rng, b"fallback");
+        assert_eq!(dec.decrypt(&ct), Ok(b"fallback".to_vec()));
     }
 
     #[test]

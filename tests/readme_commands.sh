@@ -103,6 +103,25 @@ else
   failures=$((failures + 1))
 fi
 
+# The network sinks: a redis-server and an HTTP listener of our own on free loopback ports.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+step "mpush-fleet run --sink 'redis-stream:redis://127.0.0.1:6379/0?stream=pushes&maxlen=1000000'" \
+  mpush-fleet run --server "$server" --devices 20 $short \
+    --sink "redis-stream:redis://127.0.0.1:$rport/0?stream=pushes&maxlen=1000000"
+kill "$redis_pid" 2>/dev/null || true
+hport=$(free_port)
+python3 -m http.server "$hport" --bind 127.0.0.1 >"$work/http.log" 2>&1 &
+http_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$hport") 2>/dev/null && break; sleep 0.1; done
+step "mpush-fleet run --sink 'webhook:http://127.0.0.1:8080/pushes#inflight=32'" \
+  mpush-fleet run --server "$server" --devices 20 $short \
+    --sink "webhook:http://127.0.0.1:$hport/pushes#inflight=32"
+kill "$http_pid" 2>/dev/null || true
+
 step "mpush-fleet serve --listen 127.0.0.1:3000 --admin 127.0.0.1:3002" \
   grep -q '^\[ *[0-9.]*s\] connections ' "$serve_out"
 

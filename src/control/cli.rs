@@ -128,8 +128,10 @@ pub struct RunArgs {
     /// Heartbeat of the embedded server, ms (min and max).
     #[arg(long, default_value_t = 180_000)]
     pub embedded_heartbeat: i32,
-    /// Push sink: `stdout`, `file:PATH` or `unix:PATH` (JSON lines; BIZ_ACK pushes are acked
-    /// upstream only once the sink took them). With `stdout`, status goes to stderr.
+    /// Push sink: `stdout`, `file:PATH` or `unix:PATH` (JSON lines),
+    /// `redis-stream:redis://HOST:PORT/DB[?stream=KEY&maxlen=N]` (XADD) or
+    /// `webhook:http://HOST:PORT/PATH[#inflight=N]` (POST). BIZ_ACK pushes are acked upstream
+    /// only once the sink took them. With `stdout`, status goes to stderr.
     #[arg(long, value_name = "SPEC")]
     pub sink: Option<SinkSpec>,
     /// Records the sink may queue (and, unix, await acks for) before reading slows down.

@@ -15,13 +15,23 @@
 //! - `on_taken` is called once, on the sink's thread, only after the record is written and
 //!   flushed (stdout, file) or acked by the consumer (unix).
 //!
+//! Network downstreams (`remote`): `redis-stream:URL` XADDs each record to a Redis stream and
+//! takes it when Redis answers; `webhook:http://...` POSTs each record's JSON and takes it on a
+//! 2xx. Both retry a failed record with backoff and keep at most a bounded number in flight.
+//!
 //! Unix protocol: the sink connects to the consumer's socket at PATH and writes one JSON line
 //! per record; the consumer answers one line per record holding its `seq` in decimal
 //! (`17\n`), in any order. On a lost connection the sink reconnects with backoff and resends
 //! every unacked record.
 
+mod redis_stream;
+mod remote;
 mod stream;
 mod unix;
+mod webhook;
+
+pub use redis_stream::{StreamSpec, DEFAULT_STREAM_KEY};
+pub use webhook::{WebhookSpec, DEFAULT_INFLIGHT};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -37,7 +47,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
-/// Where the sink writes: `stdout`, `file:PATH` or `unix:PATH`.
+/// Where the sink writes: `stdout`, `file:PATH`, `unix:PATH`, `redis-stream:URL` or
+/// `webhook:URL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
     /// JSON lines on standard output.
@@ -46,18 +57,51 @@ pub enum SinkSpec {
     File(PathBuf),
     /// JSON lines to a consumer listening on a Unix socket; it acks each line by seq.
     Unix(PathBuf),
+    /// XADD to a Redis stream (`redis-stream:redis://HOST:PORT/DB?stream=KEY&maxlen=N`).
+    RedisStream(StreamSpec),
+    /// POST of each record's JSON (`webhook:http://HOST:PORT/PATH#inflight=N`).
+    Webhook(WebhookSpec),
 }
 
-/// A `--sink` value that is none of `stdout`, `file:PATH`, `unix:PATH`.
+/// A `--sink` value that [`SinkSpec`] does not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad sink {0:?}: use stdout, file:PATH or unix:PATH")]
-pub struct SinkSpecError(pub String);
+pub enum SinkSpecError {
+    /// None of the forms.
+    #[error(
+        "bad sink {0:?}: use stdout, file:PATH, unix:PATH, \
+         redis-stream:redis://HOST:PORT/DB[?stream=KEY&maxlen=N] or \
+         webhook:http://HOST:PORT/PATH[#inflight=N]"
+    )]
+    Unknown(String),
+    /// A known kind whose URL is wrong.
+    #[error("bad sink {spec:?}: {why}")]
+    Url {
+        /// The value given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
 
 impl FromStr for SinkSpec {
     type Err = SinkSpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SinkSpecError(s.to_string());
+        let bad = || SinkSpecError::Unknown(s.to_string());
+        let url_err = |why: String| SinkSpecError::Url {
+            spec: s.into(),
+            why,
+        };
+        if let Some(url) = s.strip_prefix("redis-stream:") {
+            return StreamSpec::parse(url)
+                .map(SinkSpec::RedisStream)
+                .map_err(url_err);
+        }
+        if let Some(url) = s.strip_prefix("webhook:") {
+            return WebhookSpec::parse(url)
+                .map(SinkSpec::Webhook)
+                .map_err(url_err);
+        }
         if s == "stdout" {
             return Ok(SinkSpec::Stdout);
         }
@@ -79,6 +123,8 @@ impl fmt::Display for SinkSpec {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::File(p) => write!(f, "file:{}", p.display()),
             SinkSpec::Unix(p) => write!(f, "unix:{}", p.display()),
+            SinkSpec::RedisStream(r) => write!(f, "redis-stream:{r}"),
+            SinkSpec::Webhook(w) => write!(f, "webhook:{w}"),
         }
     }
 }
@@ -307,6 +353,25 @@ impl Sink {
                 stream::spawn(stream::Dest::File(file), shared)?
             }
             SinkSpec::Unix(path) => unix::spawn(path.clone(), shared)?,
+            SinkSpec::RedisStream(r) => {
+                let r = r.clone();
+                // A pipeline as deep as the queue: Redis answers XADDs in order, fast.
+                remote::spawn(
+                    "redis-stream",
+                    move || redis_stream::RedisStream::connect(r),
+                    shared,
+                    capacity,
+                )?
+            }
+            SinkSpec::Webhook(w) => {
+                let (w, inflight) = (w.clone(), w.inflight);
+                remote::spawn(
+                    "webhook",
+                    move || webhook::Webhook::connect(w),
+                    shared,
+                    inflight,
+                )?
+            }
         };
         Ok(Sink {
             spec,
@@ -428,6 +493,22 @@ mod tests {
             assert!(bad.parse::<SinkSpec>().is_err(), "{bad:?}");
         }
         assert_eq!(SinkSpec::File("a b".into()).to_string(), "file:a b");
+        let r: SinkSpec = "redis-stream:redis://127.0.0.1:6379/0?stream=s&maxlen=10"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            r.to_string(),
+            "redis-stream:redis://127.0.0.1:6379/0?stream=s&maxlen=10"
+        );
+        let w: SinkSpec = "webhook:http://127.0.0.1:8080/in".parse().unwrap();
+        assert_eq!(w.to_string(), "webhook:http://127.0.0.1:8080/in");
+        // A known kind with a wrong URL says what is wrong with it.
+        let e = "webhook:https://h/".parse::<SinkSpec>().unwrap_err();
+        assert!(e.to_string().contains("https is not supported"), "{e}");
+        let e = "redis-stream:redis://h:1?maxlen=-3"
+            .parse::<SinkSpec>()
+            .unwrap_err();
+        assert!(e.to_string().contains("maxlen=-3"), "{e}");
     }
 
     #[test]

@@ -122,6 +122,15 @@ step "mpush-fleet run --sink 'webhook:http://127.0.0.1:8080/pushes#inflight=32'"
     --sink "webhook:http://127.0.0.1:$hport/pushes#inflight=32"
 kill "$http_pid" 2>/dev/null || true
 
+# serve with the HTTP proxy on: starts, says where it listens, stops on SIGINT.
+px_out="$work/proxy-serve.out"
+"$BIN" serve --listen 127.0.0.1:0 --quiet --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081 >"$px_out" 2>&1 &
+px_pid=$!
+for _ in $(seq 100); do grep -q '^mpush server listening on ' "$px_out" && break; sleep 0.1; done
+step "mpush-fleet serve --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081" \
+  grep -q '^mpush server listening on ' "$px_out"
+kill -INT "$px_pid" 2>/dev/null || true; wait "$px_pid" 2>/dev/null || true
+
 step "mpush-fleet serve --listen 127.0.0.1:3000 --admin 127.0.0.1:3002" \
   grep -q '^\[ *[0-9.]*s\] connections ' "$serve_out"
 

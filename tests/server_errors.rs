@@ -7,7 +7,7 @@ mod harness;
 use bytes::BytesMut;
 use harness::client::{Client, Incoming};
 use harness::wait_until;
-use mpush_fleet::proto::message::{HttpMethod, HttpRequest, ServerMessage};
+use mpush_fleet::proto::message::{HttpMethod, HttpRequest};
 use mpush_fleet::proto::{encode_frame, Cmd, Flags, MsgId};
 use mpush_fleet::server::{Server, ServerConfig, ServerHandle, SessionConfig};
 
@@ -180,40 +180,23 @@ fn parameter_errors_close_with_their_reasons() {
 }
 
 #[test]
-fn http_proxy_is_answered_502_raw() {
+fn http_proxy_is_refused_by_default() {
+    // The real server's default (`proxy-enabled=false`): ERROR 101 and a close.
     let server = start();
+    let mut by = bystander(&server);
     let mut c = Client::connect(server.local_addr());
-    c.handshake("h1");
+    c.handshake("h2");
     let req = HttpRequest {
         method: HttpMethod::POST,
         uri: "http://upstream.invalid/api".into(),
         headers: "a:b\n".into(),
         body: bytes::Bytes::from_static(b"{}"),
     };
-    let id = c.send(&req, Flags::NONE);
-    match c.recv_message() {
-        (f, ServerMessage::HttpResponse(r)) => {
-            assert_eq!((f.msg_id, f.flags), (id, Flags::NONE));
-            assert_eq!(
-                (r.status_code, r.reason_phrase.as_str()),
-                (502, "Bad Gateway")
-            );
-        }
-        other => panic!("expected HttpResponse, got {other:?}"),
-    }
-    // With the proxy off, as the real server's default: ERROR 101 and a close.
-    let server = start_with(ServerConfig {
-        session: SessionConfig {
-            http_proxy: false,
-            ..SessionConfig::default()
-        },
-        ..ServerConfig::new()
-    });
-    let mut c = Client::connect(server.local_addr());
-    c.handshake("h2");
     c.send(&req, Flags::NONE);
-    assert_eq!(c.recv_error().code.0, 101);
+    let e = c.recv_error();
+    assert_eq!((e.code.0, e.reason.as_str()), (101, "unsupported command"));
     c.expect_closed();
+    still_fine(&mut by);
 }
 
 #[test]

@@ -51,10 +51,14 @@ pub struct ServeArgs {
     /// a millisecond).
     #[arg(long)]
     pub sessionid_quirk: bool,
-    /// Answer HTTP_PROXY with ERROR 101 and a close, as the real server with its default
-    /// `proxy-enabled=false`, instead of HttpResponse 502.
+    /// Forward HTTP_PROXY requests for HOST to these backends (`mp.http.dns-mapping`; one
+    /// picked at random per request); repeatable; turns the proxy on. Without it (and without
+    /// `--http-proxy-enabled`) HTTP_PROXY gets ERROR 101 and a close, the real default.
+    #[arg(long, value_name = "HOST=IP:PORT[,IP:PORT...]")]
+    pub http_proxy: Vec<String>,
+    /// Forward HTTP_PROXY requests to the URL's own host (unmapped hosts are always so).
     #[arg(long)]
-    pub no_http_proxy: bool,
+    pub http_proxy_enabled: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -134,7 +138,7 @@ impl ServeArgs {
                 session_expire_secs: self.session_expire,
                 limits,
                 sessionid_quirk: self.sessionid_quirk,
-                http_proxy: !self.no_http_proxy,
+                http_proxy: self.http_proxy_config()?,
                 ..SessionConfig::default()
             },
             workers: self.workers,
@@ -144,6 +148,21 @@ impl ServeArgs {
                 burst: self.capacity_burst,
             },
         })
+    }
+}
+
+impl ServeArgs {
+    fn http_proxy_config(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<super::http_proxy::HttpProxyConfig>>> {
+        if self.http_proxy.is_empty() && !self.http_proxy_enabled {
+            return Ok(None);
+        }
+        let mut cfg = super::http_proxy::HttpProxyConfig::default();
+        for entry in &self.http_proxy {
+            cfg.add_mapping(entry).map_err(anyhow::Error::msg)?;
+        }
+        Ok(Some(std::sync::Arc::new(cfg)))
     }
 }
 

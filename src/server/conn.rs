@@ -34,12 +34,16 @@ pub(crate) async fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let (tx, cmds) = mpsc::unbounded_channel();
+    // Weak: the registry's sender alone keeps the channel open (its end is the shutdown).
+    let me = tx.downgrade();
     let id = shared.add_conn(peer, tx);
     let session = ServerSession::new(shared.cfg.clone(), shared.now());
     let decoder = FrameDecoder::new(shared.cfg.limits.max_body);
     let mut conn = Conn {
         shared,
         id,
+        peer,
+        me,
         stream,
         session,
         decoder,
@@ -55,6 +59,9 @@ pub(crate) async fn run(
 struct Conn {
     shared: Arc<Shared>,
     id: ConnId,
+    peer: SocketAddr,
+    /// For answers that arrive later (forwarded HTTP_PROXY requests).
+    me: mpsc::WeakUnboundedSender<ConnCmd>,
     stream: TcpStream,
     session: ServerSession,
     decoder: FrameDecoder,
@@ -107,6 +114,11 @@ impl Conn {
                 self.session.handle_kick(msg_id, &user_id);
             }
             ConnCmd::Garbage => self.session.handle_garbage(),
+            ConnCmd::HttpAnswer {
+                msg_id,
+                response,
+                raw,
+            } => self.session.handle_http_response(msg_id, response, raw),
             ConnCmd::Close(reason) => return Err(reason),
         }
         self.flush_and_apply().await
@@ -234,6 +246,23 @@ impl Conn {
                     self.shared.unregister_route(user_id, client_type, self.id);
                 }
                 Effect::Acked(msg_id) => self.shared.record_ack(msg_id, self.id),
+                Effect::HttpProxy { msg_id, request } => {
+                    // The request runs beside the connection, which goes on meanwhile; its
+                    // answer comes back as a command, whenever it is ready.
+                    if let Some(cfg) = self.shared.cfg.http_proxy.clone() {
+                        let (me, peer) = (self.me.clone(), self.peer);
+                        tokio::spawn(async move {
+                            let f = super::http_proxy::forward(&cfg, request, peer).await;
+                            if let Some(tx) = me.upgrade() {
+                                let _ = tx.send(ConnCmd::HttpAnswer {
+                                    msg_id,
+                                    response: f.response,
+                                    raw: f.raw,
+                                });
+                            }
+                        });
+                    }
+                }
                 Effect::Event(ev) => self.shared.count(ev),
             }
         }

@@ -30,6 +30,7 @@ mod admin;
 pub mod capacity;
 pub mod cli;
 mod conn;
+pub mod http_proxy;
 mod routes;
 pub mod runtime;
 pub mod session;

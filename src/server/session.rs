@@ -21,7 +21,7 @@ use rand::{CryptoRng, RngCore};
 
 use crate::crypto::{AesCipher, RsaDecryptor};
 use crate::proto::frame::{begin_frame, finish_frame};
-use crate::proto::message::{ErrorCode, FastConnectOk, Kick, Push};
+use crate::proto::message::{ErrorCode, FastConnectOk, HttpResponse, Kick, Push};
 use crate::proto::pipeline::Encoder;
 use crate::proto::{BodyLimits, Cmd, DecodeError, Flags, Frame, MsgId};
 
@@ -63,9 +63,9 @@ pub struct SessionConfig {
     /// Reproduce the real server's sessionId quirk: MD5 of the *previous* deviceId of the
     /// connection (`"null"` on a fresh one) followed by the time (PROTOCOL.md 7).
     pub sessionid_quirk: bool,
-    /// Answer HTTP_PROXY with HttpResponse 502 (a server without a proxy). The real server's
-    /// default (`mp.http.proxy-enabled=false`) has no handler: ERROR 101 and a close.
-    pub http_proxy: bool,
+    /// Forward HTTP_PROXY requests (section 9.2) with this configuration. `None`, the real
+    /// server's default (`mp.http.proxy-enabled=false`): no handler, ERROR 101 and a close.
+    pub http_proxy: Option<Arc<super::http_proxy::HttpProxyConfig>>,
     /// Heartbeat period before a handshake (the real server: 10 s).
     pub pre_handshake_heartbeat_ms: u32,
 }
@@ -80,7 +80,7 @@ impl Default for SessionConfig {
             session_expire_secs: super::DEFAULT_SESSION_EXPIRE_SECS,
             limits: BodyLimits::default(),
             sessionid_quirk: false,
-            http_proxy: true,
+            http_proxy: None,
             pre_handshake_heartbeat_ms: PRE_HANDSHAKE_HEARTBEAT_MS,
         }
     }
@@ -223,7 +223,7 @@ impl ServerSession {
             Some(Cmd::Unbind) => self.on_bind(&frame, true),
             Some(Cmd::Push) => self.on_client_push(&frame),
             Some(Cmd::Ack) => self.effects.push_back(Effect::Acked(frame.msg_id)),
-            Some(Cmd::HttpProxy) if self.cfg.http_proxy => self.on_http_proxy(&frame),
+            Some(Cmd::HttpProxy) if self.cfg.http_proxy.is_some() => self.on_http_proxy(&frame),
             _ => self.error(
                 &frame,
                 ErrorCode::UNSUPPORTED_CMD,
@@ -285,6 +285,17 @@ impl ServerSession {
             .write(&mut self.tx, &push, msg_id, flags, self.cipher.as_ref());
         self.event(SessionEvent::PushSent);
         true
+    }
+
+    /// The answer to [`Effect::HttpProxy`]: a backend's response goes with the session cipher
+    /// (deflated above the threshold), the proxy's own failure statuses raw (`raw`).
+    pub fn handle_http_response(&mut self, msg_id: MsgId, response: HttpResponse, raw: bool) {
+        if self.closed {
+            return;
+        }
+        let cipher = if raw { None } else { self.cipher.as_ref() };
+        self.encoder
+            .write(&mut self.tx, &response, msg_id, Flags::NONE, cipher);
     }
 
     /// Another connection bound `user_id`: send KICK with the session cipher

@@ -60,6 +60,12 @@ pub(crate) enum ConnCmd {
         user_id: String,
     },
     Garbage,
+    /// A forwarded HTTP_PROXY request's answer (see `http_proxy`).
+    HttpAnswer {
+        msg_id: MsgId,
+        response: crate::proto::message::HttpResponse,
+        raw: bool,
+    },
     Close(CloseReason),
 }
 

@@ -295,6 +295,16 @@ impl SimServer {
                     }
                 }
                 Effect::Acked(id) => self.counts.acked.push(id.0),
+                // The simulated network has no HTTP backends: a gateway that cannot reach one.
+                Effect::HttpProxy { msg_id, .. } => {
+                    let resp = crate::proto::message::HttpResponse {
+                        status_code: 502,
+                        reason_phrase: "Bad Gateway".into(),
+                        headers: String::new(),
+                        body: bytes::Bytes::new(),
+                    };
+                    c.session.handle_http_response(msg_id, resp, true);
+                }
                 Effect::Event(ev) => self.count(ev),
             }
         }

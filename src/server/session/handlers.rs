@@ -231,19 +231,29 @@ impl ServerSession {
             },
             Err(_) => return self.garbled(frame),
         };
-        let (status_code, reason) = match req {
-            Some(req) if !req.uri.is_empty() => (502, "Bad Gateway"),
-            _ => (400, "Bad Request"),
-        };
-        let resp = HttpResponse {
-            status_code,
-            reason_phrase: reason.to_owned(),
-            headers: String::new(),
-            body: Bytes::new(),
-        };
-        self.encoder
-            .write_raw(&mut self.tx, &resp, frame.msg_id, Flags::NONE);
         self.event(SessionEvent::HttpProxy);
+        match req {
+            Some(request) if !request.uri.is_empty() => {
+                self.effects.push_back(Effect::HttpProxy {
+                    msg_id: frame.msg_id,
+                    request,
+                });
+            }
+            _ => {
+                // The real handler answers 400, carries on with the missing uri, fails, and
+                // answers again: 502, for the same sessionId. Both raw.
+                for (status_code, reason) in [(400, "Bad Request"), (502, "Bad Gateway")] {
+                    let resp = HttpResponse {
+                        status_code,
+                        reason_phrase: reason.to_owned(),
+                        headers: String::new(),
+                        body: Bytes::new(),
+                    };
+                    self.encoder
+                        .write_raw(&mut self.tx, &resp, frame.msg_id, Flags::NONE);
+                }
+            }
+        }
     }
 
     // ----- helpers -----

@@ -25,7 +25,9 @@ fn config(quirk: bool) -> Arc<SessionConfig> {
         session_expire_secs: 86_400,
         limits: BodyLimits::default(),
         sessionid_quirk: quirk,
-        http_proxy: true,
+        http_proxy: Some(Arc::new(
+            crate::server::http_proxy::HttpProxyConfig::default(),
+        )),
         pre_handshake_heartbeat_ms: PRE_HANDSHAKE_HEARTBEAT_MS,
     })
 }
@@ -539,7 +541,7 @@ fn unsupported_command_is_error_101_and_close() {
 }
 
 #[test]
-fn http_proxy_answers_502_raw() {
+fn http_proxy_becomes_an_effect_and_its_answer_goes_back() {
     let mut s = ServerSession::new(config(false), Tick(0));
     let cipher = online(&mut s, "dev-1");
     let req = HttpRequest {
@@ -549,15 +551,60 @@ fn http_proxy_answers_502_raw() {
         body: Bytes::new(),
     };
     s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&req, 6, &cipher));
+    assert!(
+        sent(&mut s).is_empty(),
+        "nothing is answered before the backend"
+    );
+    let mut effects = std::iter::from_fn(|| s.poll_effect());
+    assert!(effects.any(
+        |e| matches!(e, Effect::HttpProxy { msg_id: MsgId(6), ref request } if *request == req)
+    ));
+    // A backend's answer goes with the session cipher; the proxy's own failures raw.
+    let answer = |status_code| HttpResponse {
+        status_code,
+        reason_phrase: "x".into(),
+        headers: String::new(),
+        body: Bytes::from_static(b"body"),
+    };
+    s.handle_http_response(MsgId(6), answer(200), false);
     let f = one_frame(&mut s);
-    assert_eq!(f.flags, Flags::NONE);
-    let ServerMessage::HttpResponse(resp) = decode(&f, None) else {
+    assert!(f.flags.contains(Flags::CRYPTO));
+    let ServerMessage::HttpResponse(r) = decode(&f, Some(&cipher)) else {
         panic!("not a response")
     };
-    assert_eq!(
-        (resp.status_code, resp.reason_phrase.as_str()),
-        (502, "Bad Gateway")
-    );
+    assert_eq!((r.status_code, r.body.as_ref()), (200, b"body".as_slice()));
+    s.handle_http_response(MsgId(6), answer(504), true);
+    let f = one_frame(&mut s);
+    assert_eq!(f.flags, Flags::NONE);
+    let ServerMessage::HttpResponse(r) = decode(&f, None) else {
+        panic!("not a response")
+    };
+    assert_eq!(r.status_code, 504);
+}
+
+#[test]
+fn http_proxy_with_an_empty_uri_answers_400_then_502() {
+    let mut s = ServerSession::new(config(false), Tick(0));
+    let cipher = online(&mut s, "dev-1");
+    let req = HttpRequest {
+        method: crate::proto::message::HttpMethod::GET,
+        uri: String::new(),
+        headers: String::new(),
+        body: Bytes::new(),
+    };
+    s.handle_frame(Tick(2), WALL, &mut rng(), aes_frame(&req, 7, &cipher));
+    let mut out = BytesMut::new();
+    assert!(s.poll_transmit(&mut out));
+    let dec = FrameDecoder::default();
+    let mut codes = Vec::new();
+    while let Some(Unit::Frame(f)) = dec.decode(&mut out).unwrap() {
+        assert_eq!((f.flags, f.msg_id), (Flags::NONE, MsgId(7)));
+        let ServerMessage::HttpResponse(r) = decode(&f, None) else {
+            panic!("not a response")
+        };
+        codes.push(r.status_code);
+    }
+    assert_eq!(codes, [400, 502]);
 }
 
 #[test]

@@ -141,6 +141,15 @@ pub enum Effect {
     },
     /// The client acked the push with this message id.
     Acked(MsgId),
+    /// Forward an HTTP_PROXY request; answer with
+    /// [`handle_http_response`](super::ServerSession::handle_http_response) whenever it is
+    /// done (the session goes on meanwhile).
+    HttpProxy {
+        /// The request's sessionId, which the answer carries.
+        msg_id: MsgId,
+        /// What the device asked for.
+        request: crate::proto::message::HttpRequest,
+    },
     /// Count something.
     Event(SessionEvent),
 }

@@ -14,6 +14,7 @@
 //! - [`metrics`]: the `GET /metrics` route of the Prometheus text from
 //!   [`crate::stats::prometheus`].
 
+pub mod auth;
 pub mod metrics;
 
 use std::fmt;

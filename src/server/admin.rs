@@ -42,12 +42,18 @@ use crate::http::Router;
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
 
-pub(crate) async fn serve(listener: TcpListener, ops: ServerOps, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ops: ServerOps,
+    token: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
     let stop = async move {
         // Err: the handle is gone, which stops the server too.
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    crate::http::serve(listener, router(ops), stop).await;
+    let router = crate::http::auth::require_bearer(router(ops), token.as_deref());
+    crate::http::serve(listener, router, stop).await;
 }
 
 /// A JSON answer.

@@ -17,9 +17,14 @@ pub struct ServeArgs {
     /// MPUSH listener address.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
-    /// Admin HTTP+JSON API address (loopback recommended); none if absent.
+    /// Admin HTTP+JSON API address (loopback recommended); none if absent. Any other address
+    /// needs `--admin-token`.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`; 401
+    /// otherwise); required when `--admin` is not a loopback address.
+    #[arg(long, env = "MPUSH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// RSA private key, base64 PKCS#8. Default: MPUSH's default key, so clients configured
     /// with MPUSH's default public key connect.
     #[arg(
@@ -128,9 +133,14 @@ impl ServeArgs {
             compress_threshold: self.compress_threshold,
             ..BodyLimits::default()
         };
+        if let Some(addr) = self.admin {
+            crate::http::auth::check_exposure(addr, self.admin_token.as_deref(), "--admin")
+                .map_err(|e| crate::control::cli::UsageError(e.to_string()))?;
+        }
         Ok(ServerConfig {
             listen: self.listen,
             admin: self.admin,
+            admin_token: self.admin_token.clone().map(crate::http::auth::Token),
             session: SessionConfig {
                 rsa,
                 min_heartbeat_ms: self.min_heartbeat,

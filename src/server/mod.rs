@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin API address; `None` for no admin API.
     pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token (required off loopback; see [`crate::http::auth`]).
+    pub admin_token: Option<crate::http::auth::Token>,
     /// What every connection's session shares: key, heartbeats, expiry, limits, quirks.
     pub session: SessionConfig,
     /// Runtime worker threads (`None`: one per core).
@@ -69,6 +71,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
+            admin_token: None,
             session: SessionConfig::default(),
             workers: None,
             capacity: CapacityLimits::default(),

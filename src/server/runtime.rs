@@ -104,7 +104,8 @@ impl Server {
         };
         if let Some(l) = admin_listener {
             let ops = handle.ops();
-            handle.runtime().spawn(admin::serve(l, ops, stop_rx));
+            let token = config.admin_token.map(|t| t.0);
+            handle.runtime().spawn(admin::serve(l, ops, token, stop_rx));
         }
         Ok(handle)
     }

@@ -18,15 +18,22 @@ DEVICES=${DEVICES:-1000}
 FACTORS=${FACTORS:-"0.5 1 2 5 10"}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$AFTER" serve --listen "127.0.0.1:$port" --max-handshakes-per-sec "$CAP" --quiet >"$work/serve.log" 2>&1 &
-serve_pid=$!
+serve_pid=
 trap 'kill "$serve_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  grep -q "listening" "$work/serve.log" && break
-  sleep 0.1
-done
-grep -q "listening" "$work/serve.log" || { echo "serve did not start"; cat "$work/serve.log"; exit 1; }
+# A fresh `serve` for every run: a collapsed fleet leaves thousands of handshakes queued in
+# the capacity model (as a CPU-bound server keeps decrypting requests of closed
+# connections), which would otherwise delay the next run's first answers.
+start_serve() {
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$AFTER" serve --listen "127.0.0.1:$port" --max-handshakes-per-sec "$CAP" --quiet >"$work/serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 600); do
+    grep -q "listening" "$work/serve.log" && break
+    sleep 0.1
+  done
+  grep -q "listening" "$work/serve.log" || { echo "serve did not start in 60 s:"; cat "$work/serve.log"; exit 1; }
+}
 
 missed=0
 echo "server limited to $CAP handshakes/s; $DEVICES devices per run"
@@ -34,6 +41,7 @@ printf '%-7s %-7s %8s %9s %10s %9s %9s\n' fleet offered online connects conn/dev
 run() { # NAME BINARY FACTOR
   local name=$1 bin=$2 factor=$3 rate report="$work/$1-$3.json"
   rate=$(python3 -c "print($CAP * $factor)")
+  start_serve
   "$bin" run --server "127.0.0.1:$port" --devices "$DEVICES" --rate "$rate" --duration 60s \
     --stop-when-online --no-pin --report "$report" >/dev/null 2>&1 || true
   python3 - "$report" "$name" "$factor" "$CAP" "$DEVICES" <<'PY'

@@ -511,6 +511,22 @@ mod tests {
         assert!(e.to_string().contains("maxlen=-3"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Any `--sink` text parses or is refused with a message, never a panic; what parses
+        /// prints back to a text that parses to the same spec.
+        #[test]
+        fn any_sink_text_parses_or_is_refused(
+            kind in proptest::sample::select(vec!["", "stdout", "file:", "unix:", "redis-stream:", "webhook:", "webhook:http://", "redis-stream:redis://"]),
+            rest in "[ -~]{0,40}",
+        ) {
+            let text = format!("{kind}{rest}");
+            match text.parse::<SinkSpec>() {
+                Ok(spec) => proptest::prop_assert_eq!(spec.to_string().parse::<SinkSpec>(), Ok(spec)),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("bad sink")),
+            }
+        }
+    }
+
     #[test]
     fn line_is_json_with_base64_content() {
         let rec = SinkRecord {

@@ -3,6 +3,8 @@
 //! conditions are awaited with deadlines.
 
 mod common;
+#[path = "common/fleet_sink.rs"]
+mod fleet_sink;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -13,15 +15,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use mpush_fleet::control::{memory_stores, Fleet, FleetConfig};
-use mpush_fleet::device::DeviceConfig;
+use fleet_sink::{acked, fleet, PATIENCE};
 use mpush_fleet::server::{AckMode, PushTarget, Server, ServerConfig, ServerHandle};
 use mpush_fleet::sink::{Sink, SinkSpec};
 use mpush_fleet::stats::Latency;
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A downstream consumer: forwards each record (as JSON) to the test, and acks the seqs the
 /// test sends it (in any order), or every record at once when `auto_ack`.
@@ -79,37 +79,6 @@ fn wait_server(server: &ServerHandle, what: &str, done: impl Fn(&ServerHandle) -
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn fleet(server: &ServerHandle, n: u32, sink: &Sink) -> Fleet {
-    let cfg = FleetConfig {
-        devices: n,
-        shards: 2,
-        pin: false,
-        servers: vec![server.local_addr()],
-        seed: Some(3),
-        report_every: Duration::from_millis(50),
-        sink: Some(sink.sender()),
-        device: DeviceConfig {
-            backoff_base_ms: 50,
-            ..DeviceConfig::default()
-        },
-        ..FleetConfig::default()
-    };
-    let mut fleet = Fleet::start(cfg, memory_stores(2)).expect("fleet starts");
-    assert!(
-        fleet.wait_until(PATIENCE, |c| c.bound == u64::from(n)),
-        "{:?}",
-        fleet.counters()
-    );
-    fleet
-}
-
-fn acked(server: &ServerHandle, msg_id: i32) -> bool {
-    server
-        .pushes()
-        .iter()
-        .any(|p| p.msg_id == msg_id && p.acked)
 }
 
 #[test]

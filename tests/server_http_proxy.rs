@@ -4,6 +4,8 @@
 //! 502). The connection carries on meanwhile and after.
 
 mod harness;
+#[path = "common/http_backend.rs"]
+mod http_backend;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -47,22 +49,10 @@ async fn record(
 
 fn backend() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .fallback(record)
         .with_state(seen.clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = axum::serve(l, app).await;
-        });
-    });
+    let addr = http_backend::spawn(app);
     (addr, seen)
 }
 

@@ -4,6 +4,10 @@
 //! the sink and loses nothing; BIZ_ACK pushes from a fleet are acked upstream only after it.
 
 mod common;
+#[path = "common/fleet_sink.rs"]
+mod fleet_sink;
+#[path = "common/http_backend.rs"]
+mod http_backend;
 #[path = "common/redis.rs"]
 mod redis_harness;
 
@@ -15,14 +19,11 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use mpush_fleet::control::{memory_stores, Fleet, FleetConfig};
-use mpush_fleet::device::DeviceConfig;
-use mpush_fleet::server::{AckMode, PushTarget, Server, ServerConfig, ServerHandle};
+use fleet_sink::{acked, fleet, PATIENCE};
+use mpush_fleet::server::{AckMode, PushTarget, Server, ServerConfig};
 use mpush_fleet::sink::{Sink, SinkRecord, SinkSpec, StreamSpec, WebhookSpec};
 use redis_harness::{RedisProcess, Reply};
 use serde_json::Value;
-
-const PATIENCE: Duration = Duration::from_secs(60);
 
 fn wait(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + PATIENCE;
@@ -233,22 +234,10 @@ fn start_hook(fail_first: u32, hold: bool) -> Hook {
         max_active: AtomicU32::new(0),
         hold: tokio::sync::watch::channel(hold).0,
     });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .route("/in", axum::routing::post(hook))
         .with_state(st.clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = axum::serve(listener, app).await;
-        });
-    });
+    let addr = http_backend::spawn(app);
     Hook { addr, st }
 }
 
@@ -312,33 +301,6 @@ fn webhook_close_deadline_counts_what_it_holds_as_left() {
     let drain = sink.close(Duration::from_millis(200));
     assert_eq!((drain.acked, drain.left), (0, 5), "{drain:?}");
     assert_eq!(taken.load(Ordering::SeqCst), 0);
-}
-
-fn fleet(server: &ServerHandle, n: u32, sink: &Sink) -> Fleet {
-    let cfg = FleetConfig {
-        devices: n,
-        shards: 1,
-        pin: false,
-        servers: vec![server.local_addr()],
-        seed: Some(5),
-        report_every: Duration::from_millis(50),
-        sink: Some(sink.sender()),
-        device: DeviceConfig {
-            backoff_base_ms: 50,
-            ..DeviceConfig::default()
-        },
-        ..FleetConfig::default()
-    };
-    let mut fleet = Fleet::start(cfg, memory_stores(1)).expect("fleet starts");
-    assert!(fleet.wait_until(PATIENCE, |c| c.bound == u64::from(n)));
-    fleet
-}
-
-fn acked(server: &ServerHandle, msg_id: i32) -> bool {
-    server
-        .pushes()
-        .iter()
-        .any(|p| p.msg_id == msg_id && p.acked)
 }
 
 #[test]

@@ -6,11 +6,15 @@
 //! - [`route`]: a user's routes in Redis (`mp:ur:<userId>`), where a push must go.
 //! - [`tracker`]: requests in flight, matched by header message id in completion order,
 //!   "no reply" after the client's own timeout.
+//! - [`driver`]: the thin tokio driver: connections, pacing, the run's report.
+//! - [`cli`]: `mpush-fleet push`.
 //!
 //! The server's side of the gateway is in [`crate::server`]; it shares [`codec`], [`result`]
 //! and [`route`] with this client as both share [`crate::proto`].
 
+pub mod cli;
 pub mod codec;
+pub mod driver;
 pub mod result;
 pub mod route;
 pub mod tracker;

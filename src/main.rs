@@ -15,7 +15,7 @@ enum Commands {
     /// Run a device fleet (against the embedded reference server unless --server is given).
     Run(Box<mpush_fleet::control::cli::RunArgs>),
     /// Run the reference MPUSH server until Ctrl-C.
-    Serve(mpush_fleet::server::ServeArgs),
+    Serve(Box<mpush_fleet::server::ServeArgs>),
     /// Push through an MPUSH gateway, as an application server does (PROTOCOL.md 8).
     Push(Box<mpush_fleet::gateway::cli::PushArgs>),
 }
@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let outcome = match Cli::parse().command {
-        Commands::Serve(args) => mpush_fleet::server::serve_main(args).map(|()| 0),
+        Commands::Serve(args) => mpush_fleet::server::serve_main(*args).map(|()| 0),
         Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
         Commands::Push(args) => mpush_fleet::gateway::cli::push_main(*args),
     };

@@ -227,10 +227,7 @@ impl GatewayConn {
             sh.gateway.add_wait(device_id, wait);
         }
         let token = self.token();
-        let done = WriteDone {
-            tx: self.tx.clone(),
-            token,
-        };
+        let done = WriteDone::new(self.tx.clone(), token);
         let cmd = ConnCmd::GatewayPush {
             msg_id: device_id,
             content: push.content,
@@ -284,10 +281,7 @@ impl GatewayConn {
                 content: push.content.clone(),
                 // Broadcast pushes are never acked: no ack flags (8.7).
                 flags: Flags::NONE,
-                done: WriteDone {
-                    tx: self.tx.clone(),
-                    token,
-                },
+                done: WriteDone::new(self.tx.clone(), token),
             };
             if sh.send_to(conn, cmd) {
                 sent += 1;

@@ -23,20 +23,41 @@ pub(crate) enum GwEvent {
     Written { token: u64, ok: bool },
 }
 
-/// Where a device connection reports that a gateway PUSH was written.
+/// Where a device connection reports that a gateway PUSH was written. Dropped unreported
+/// (the device connection ended before it wrote the push), it reports a failed write: the
+/// gateway answers PUSH_CLIENT_FAILURE, as the real server does when the write fails.
 #[derive(Debug)]
 pub(crate) struct WriteDone {
-    pub(crate) tx: UnboundedSender<GwEvent>,
-    pub(crate) token: u64,
+    tx: Option<UnboundedSender<GwEvent>>,
+    token: u64,
 }
 
 impl WriteDone {
-    pub(crate) fn report(self, ok: bool) {
-        // A gateway connection that has gone away wants no report.
-        let _ = self.tx.send(GwEvent::Written {
-            token: self.token,
-            ok,
-        });
+    pub(crate) fn new(tx: UnboundedSender<GwEvent>, token: u64) -> Self {
+        Self {
+            tx: Some(tx),
+            token,
+        }
+    }
+
+    pub(crate) fn report(mut self, ok: bool) {
+        self.send(ok);
+    }
+
+    fn send(&mut self, ok: bool) {
+        if let Some(tx) = self.tx.take() {
+            // A gateway connection that has gone away wants no report.
+            let _ = tx.send(GwEvent::Written {
+                token: self.token,
+                ok,
+            });
+        }
+    }
+}
+
+impl Drop for WriteDone {
+    fn drop(&mut self) {
+        self.send(false);
     }
 }
 

@@ -347,3 +347,94 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
     }
     Ok(u8::from(failed))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        push: PushArgs,
+    }
+
+    fn plan(flags: &[&str]) -> anyhow::Result<Plan> {
+        let args = ["push", "--gateway", "127.0.0.1:3001"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        Cli::try_parse_from(args)?.push.plan()
+    }
+
+    fn report() -> Report {
+        let mut r = Report::empty();
+        r.sent = 10;
+        r.outcomes.insert(Outcome::Ok, 8);
+        r.outcomes.insert(Outcome::Error(1), 1);
+        r.outcomes.insert(Outcome::NoReply, 1);
+        r.reply_latency_us.record(40_000).unwrap();
+        r
+    }
+
+    #[test]
+    fn fail_on_thresholds() {
+        let r = report();
+        for (t, fails) in [
+            ("no_reply>0", true),
+            ("errors.1>0", true),
+            ("errors.2>0", false),
+            ("errors>=1", true),
+            ("errors>=2", false),
+            ("ok<90%", true),
+            ("ok<80%", false),
+            ("reply.p99>50ms", false),
+            ("reply.max>0.03s", true),
+        ] {
+            assert_eq!(check(&r, t).unwrap().is_some(), fails, "{t}");
+        }
+        for bad in ["nothing", "ok=3", "bogus>1", "ok>x", "reply.p99>5parsecs"] {
+            assert!(check(&r, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_make_a_plan() {
+        let p = plan(&[
+            "--to", "u-{i}", "--range", "5..8", "--ack", "biz", "--count", "3",
+        ])
+        .unwrap();
+        assert_eq!(p.flags, Flags::BIZ_ACK);
+        assert_eq!(
+            p.targets,
+            Targets::Users {
+                pattern: "u-{i}".into(),
+                range: 5..8
+            }
+        );
+        assert_eq!((p.count, p.wire_timeout_ms), (Some(3), 2_500));
+        let p = plan(&["--broadcast", "--tags", "vip, test", "--size", "3"]).unwrap();
+        let Targets::Broadcast { tags, .. } = &p.targets else {
+            panic!()
+        };
+        assert_eq!(tags, r#"["vip","test"]"#);
+        assert_eq!(&p.content[..], b"abc");
+        let p = plan(&["--to", "u", "--duration", "500ms"]).unwrap();
+        assert_eq!(
+            (p.count, p.duration),
+            (None, Some(Duration::from_millis(500)))
+        );
+        for bad in [
+            &["--to", "u", "--range", "3..3"][..],
+            &["--to", "u", "--range", "x"],
+            &["--to", "u", "--ack", "sometimes"],
+            &["--to", "u", "--rate", "-1"],
+            &["--to", "u", "--content", "@/nonexistent/file"],
+            &[],
+        ] {
+            assert!(plan(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("5parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

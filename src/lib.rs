@@ -32,6 +32,8 @@
 //!   talks to shards only over crossbeam channels.
 //! - [`stats`]: per-shard counters (one table: names, kinds, merge) and HDR histograms,
 //!   merged by the control plane; their Prometheus text. No sockets.
+//! - [`gateway`]: the MPUSH gateway client (an app server's push path, PROTOCOL.md 8): the
+//!   sans-IO codec and request tracker, the route lookup, the `push` driver.
 //! - [`http`]: the one HTTP server (axum) for every endpoint: `--metrics`, `serve`'s admin
 //!   API, later the control API.
 //!
@@ -45,6 +47,7 @@
 pub mod control;
 pub mod crypto;
 pub mod device;
+pub mod gateway;
 pub mod http;
 pub mod proto;
 pub mod server;

@@ -16,6 +16,8 @@ enum Commands {
     Run(Box<mpush_fleet::control::cli::RunArgs>),
     /// Run the reference MPUSH server until Ctrl-C.
     Serve(Box<mpush_fleet::server::ServeArgs>),
+    /// Push through an MPUSH gateway, as an application server does (PROTOCOL.md 8).
+    Push(Box<mpush_fleet::gateway::cli::PushArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match Cli::parse().command {
         Commands::Serve(args) => mpush_fleet::server::serve_main(*args).map(|()| 0),
         Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
+        Commands::Push(args) => mpush_fleet::gateway::cli::push_main(*args),
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),

@@ -394,6 +394,34 @@ fn auto_ack_pushes_are_acked_at_once_and_biz_ack_only_after_the_sink_took_them()
 }
 
 #[test]
+fn compress_on_raw_content_loses_the_push_not_the_session() {
+    // The real server copies a gateway push's COMPRESS flag onto content it never deflated
+    // (PROTOCOL.md 8.3): the frame is whole and decrypts, only its content fails to inflate.
+    let mut s = Script::new();
+    s.online();
+    let push = Push {
+        content: Bytes::from_static(b"{\"content\":\"probe 21\"}"),
+    };
+    let broken = s.server_frame(&push, 1024, Flags::COMPRESS.with(Flags::AUTO_ACK), true);
+    assert_eq!(
+        broken.flags,
+        Flags(0x0B),
+        "CRYPTO|COMPRESS|AUTO_ACK, as live"
+    );
+    s.frame_in(broken);
+    assert!(s.sent().is_empty(), "not acked");
+    assert_eq!(s.effects(), vec![], "handed to no sink, no close");
+    let c = &s.sh.stats.counters;
+    assert_eq!((c.push_decode_errors, c.decode_errors), (1, 0));
+    assert_eq!((c.pushes_received, c.reconnects), (0, 0));
+    assert_eq!(s.device.phase(), Phase::Online);
+    // The session carries on: the next push is delivered and acked.
+    s.server_sends(&push, 1025, Flags::AUTO_ACK, true);
+    assert_eq!(s.sent_frame().msg_id, MsgId(1025));
+    assert!(matches!(&s.effects()[..], [Effect::Deliver(_)]));
+}
+
+#[test]
 fn a_kick_ends_the_device_unless_told_to_reconnect() {
     let kick = Kick {
         device_id: "device-7".into(),

@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// Print the summary as JSON even on a terminal (where a table is shown otherwise).
     #[arg(long)]
     pub json: bool,
+    /// Gateway port (PROTOCOL.md 8; the real server's is 3001): GATEWAY_PUSH from app servers
+    /// and `mpush-fleet push`. None if absent.
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<SocketAddr>,
+    /// Fault: reproduce the real server's gateway ack race (PROTOCOL.md 8.6) on every ack
+    /// push: the device's ACK finds no wait and the app server gets no reply.
+    #[arg(long, requires = "gateway")]
+    pub gateway_ack_race: bool,
     /// Keep reusable sessions in Redis (`mp:rs:<sessionId>`, as the real server does) instead
     /// of memory: `redis://HOST:PORT/DB`, `redis-cluster://...` or `redis-sentinel://...`.
     #[arg(long, value_name = "URL")]
@@ -157,6 +165,8 @@ impl ServeArgs {
                 fast_connects_per_sec: self.max_fast_connects_per_sec,
                 burst: self.capacity_burst,
             },
+            gateway: self.gateway,
+            gateway_ack_race: self.gateway_ack_race,
         })
     }
 }
@@ -202,6 +212,9 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     println!("mpush server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("admin API on http://{admin}");
+    }
+    if let Some(gateway) = server.gateway_addr() {
+        println!("gateway on {gateway}");
     }
     let cap = server.capacity();
     if cap.handshakes_per_sec > 0.0 || cap.fast_connects_per_sec > 0.0 {

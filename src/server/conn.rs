@@ -113,6 +113,17 @@ impl Conn {
             ConnCmd::Kick { msg_id, user_id } => {
                 self.session.handle_kick(msg_id, &user_id);
             }
+            ConnCmd::GatewayPush {
+                msg_id,
+                content,
+                flags,
+                done,
+            } => {
+                let sent = self.session.handle_gateway_push(msg_id, content, flags);
+                let res = self.flush_and_apply().await;
+                done.report(sent && res.is_ok());
+                return res;
+            }
             ConnCmd::Garbage => self.session.handle_garbage(),
             ConnCmd::HttpAnswer {
                 msg_id,
@@ -236,8 +247,10 @@ impl Conn {
                 Effect::RegisterRoute {
                     user_id,
                     client_type,
+                    tags,
                 } => {
-                    self.shared.register_route(user_id, client_type, self.id);
+                    self.shared
+                        .register_route(user_id, client_type, self.id, tags);
                 }
                 Effect::UnregisterRoute {
                     user_id,
@@ -245,7 +258,9 @@ impl Conn {
                 } => {
                     self.shared.unregister_route(user_id, client_type, self.id);
                 }
-                Effect::Acked(msg_id) => self.shared.record_ack(msg_id, self.id),
+                Effect::Acked(msg_id) => {
+                    self.shared.record_ack(msg_id, self.id, wall_clock_ms());
+                }
                 Effect::HttpProxy { msg_id, request } => {
                     // The request runs beside the connection, which goes on meanwhile; its
                     // answer comes back as a command, whenever it is ready.

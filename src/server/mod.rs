@@ -18,6 +18,8 @@
 //! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
 //! - `conn`: the tokio task per connection (the shell around a session).
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
+//! - `gateway`: the gateway port (PROTOCOL.md 8): GATEWAY_PUSH from app servers, ack waits,
+//!   broadcasts; it shares the wire codec of [`crate::gateway`] with the gateway client.
 //! - `admin`: the loopback HTTP+JSON admin API, an axum router on [`crate::http`].
 //! - [`cli`]: `mpush-fleet serve` ([`ServeArgs`], [`serve_main`]).
 //! - [`status`]: `serve`'s status lines and end-of-run summary.
@@ -30,6 +32,7 @@ mod admin;
 pub mod capacity;
 pub mod cli;
 mod conn;
+mod gateway;
 pub mod http_proxy;
 mod routes;
 pub mod runtime;
@@ -42,6 +45,7 @@ use std::net::SocketAddr;
 pub use crate::tickets::sessions::{MemoryStore, SessionStore, StoreError};
 pub use capacity::{Bucket, Capacity, CapacityChange, CapacityLimits};
 pub use cli::{serve_main, ServeArgs};
+pub use gateway::GatewayStats;
 pub use runtime::{raise_nofile_limit, PushResult, PushTarget, Server, ServerHandle, ServerOps};
 pub use session::{ClientType, CloseReason, ServerSession, SessionConfig, Tick};
 pub use shared::{AckMode, ConnId, FaultState, PushRecord, ServerStats};
@@ -63,6 +67,11 @@ pub struct ServerConfig {
     /// The capacity model's limits at start (default unlimited); changed live with
     /// [`ServerOps::set_capacity`] or `POST /capacity`.
     pub capacity: CapacityLimits,
+    /// Gateway port address (PROTOCOL.md 8; the real server's default is 3001); `None` for
+    /// no gateway port.
+    pub gateway: Option<SocketAddr>,
+    /// Fault: reproduce the real server's ack race on the gateway port (8.6), every time.
+    pub gateway_ack_race: bool,
 }
 
 impl ServerConfig {
@@ -75,6 +84,8 @@ impl ServerConfig {
             session: SessionConfig::default(),
             workers: None,
             capacity: CapacityLimits::default(),
+            gateway: None,
+            gateway_ack_race: false,
         }
     }
 }

@@ -91,6 +91,15 @@ impl Routes {
             .flat_map(|entries| entries.iter().map(|(_, conn)| *conn))
     }
 
+    /// The connection `user`'s route of client type `ct` points to.
+    pub(crate) fn get(&self, user: &str, ct: ClientType) -> Option<ConnId> {
+        self.by_user
+            .get(user)?
+            .iter()
+            .find(|(c, _)| *c == ct)
+            .map(|(_, conn)| *conn)
+    }
+
     /// Every (user, connection) route.
     pub(crate) fn all(&self) -> impl Iterator<Item = (&str, ConnId)> + '_ {
         self.by_user

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::admin;
 use super::capacity::{CapacityChange, CapacityLimits};
 use super::conn;
+use super::gateway;
 use super::session::CloseReason;
 use super::shared::{AckMode, ConnCmd, FaultState, PushRecord, ServerStats, Shared};
 use super::ServerConfig;
@@ -80,14 +81,20 @@ impl Server {
         let rt = builder.build()?;
         let cfg = Arc::new(config.session);
         let shared = Arc::new(Shared::new(cfg, store, config.capacity));
-        let (listener, admin_listener) = rt.block_on(async {
+        shared.gateway.set_ack_race(config.gateway_ack_race);
+        let (listener, admin_listener, gateway_listener) = rt.block_on(async {
             let listener = listen(config.listen)?;
             let admin = match config.admin {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
                 None => None,
             };
-            io::Result::Ok((listener, admin))
+            let gateway = config.gateway.map(listen).transpose()?;
+            io::Result::Ok((listener, admin, gateway))
         })?;
+        let gateway_addr = gateway_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let local_addr = listener.local_addr()?;
         let admin_addr = admin_listener
             .as_ref()
@@ -95,11 +102,15 @@ impl Server {
             .transpose()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         rt.spawn(accept_loop(shared.clone(), listener, stop_rx.clone()));
+        if let Some(l) = gateway_listener {
+            rt.spawn(gateway_accept_loop(shared.clone(), l, stop_rx.clone()));
+        }
         let handle = ServerHandle {
             rt: Some(rt),
             ops: ServerOps { shared },
             local_addr,
             admin_addr,
+            gateway_addr,
             stop: stop_tx,
         };
         if let Some(l) = admin_listener {
@@ -119,6 +130,7 @@ pub struct ServerHandle {
     ops: ServerOps,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    gateway_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
 }
 
@@ -131,6 +143,11 @@ impl ServerHandle {
     /// The admin API's address, if one was configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The gateway port's address, if one was configured.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway_addr
     }
 
     /// Fault: expire every reusable session (fast connects then get ERROR 103). Blocks the
@@ -258,6 +275,12 @@ impl ServerOps {
         self.shared.set_heartbeat_echo(on);
     }
 
+    /// Fault: reproduce the real server's gateway ack race (PROTOCOL.md 8.6) on every ack
+    /// push from now on: the device's ACK finds no wait, the gateway gets no reply.
+    pub fn set_gateway_ack_race(&self, on: bool) {
+        self.shared.gateway.set_ack_race(on);
+    }
+
     /// Fault: close every new connection at accept.
     pub fn set_reject_new(&self, on: bool) {
         self.shared.set_reject_new(on);
@@ -314,6 +337,35 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
                 // Out of descriptors (EMFILE/ENFILE) or a transient error: back off briefly
                 // rather than spin; the open connections carry on.
                 tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The gateway port's accept loop, and the sweep that forgets expired ack waits.
+async fn gateway_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = sweep.tick() => {
+                shared.gateway.expire_waits(shared.now());
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                tokio::spawn(gateway::conn::run(shared.clone(), stream, stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

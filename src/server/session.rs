@@ -298,6 +298,22 @@ impl ServerSession {
             .write(&mut self.tx, &response, msg_id, Flags::NONE, cipher);
     }
 
+    /// A push from the gateway port: as [`ServerSession::handle_push`], but the gateway
+    /// frame's flags are ORed in whole, as the real server does (PROTOCOL.md 8.5): a COMPRESS
+    /// flag reaches the device on content that was not deflated. Returns `false`, writing
+    /// nothing, when the session is not online.
+    pub fn handle_gateway_push(&mut self, msg_id: MsgId, content: Bytes, flags: Flags) -> bool {
+        if self.closed || !self.is_online() {
+            return false;
+        }
+        let push = Push { content };
+        let flags = flags.without(Flags::CRYPTO);
+        self.encoder
+            .write(&mut self.tx, &push, msg_id, flags, self.cipher.as_ref());
+        self.event(SessionEvent::PushSent);
+        true
+    }
+
     /// Another connection bound `user_id`: send KICK with the session cipher
     /// (`RouterChangeListener.sendKickUserMessage2Client`). The connection stays open; the
     /// client gives it up. Returns `false` when there is nothing to kick.

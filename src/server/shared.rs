@@ -59,6 +59,14 @@ pub(crate) enum ConnCmd {
         msg_id: MsgId,
         user_id: String,
     },
+    /// A PUSH from the gateway port: the frame's flags ORed in, COMPRESS included (8.5);
+    /// `done` hears when the write completed.
+    GatewayPush {
+        msg_id: MsgId,
+        content: Bytes,
+        flags: Flags,
+        done: super::gateway::WriteDone,
+    },
     Garbage,
     /// A forwarded HTTP_PROXY request's answer (see `http_proxy`).
     HttpAnswer {
@@ -130,6 +138,8 @@ pub struct ServerStats {
     pub capacity_wait_ms_total: u64,
     /// The capacity limits now in force.
     pub capacity: CapacityLimits,
+    /// The gateway port's counters.
+    pub gateway: super::gateway::GatewayStats,
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +195,8 @@ pub(crate) struct Shared {
     faults: Faults,
     /// Held only for one reservation or change: the wait itself happens outside.
     capacity: Mutex<Capacity>,
+    /// The gateway port's ack waits, bind tags and counters.
+    pub(crate) gateway: super::gateway::GatewayState,
 }
 
 /// Which capacity bucket a request draws from.
@@ -229,6 +241,7 @@ impl Shared {
                 delay_ms: AtomicU64::new(0),
             },
             capacity: Mutex::new(Capacity::new(capacity)),
+            gateway: super::gateway::GatewayState::default(),
         }
     }
 
@@ -273,6 +286,7 @@ impl Shared {
             self.counters.connections.fetch_sub(1, Relaxed);
         }
         lock(&self.routes).remove_conn(id);
+        self.gateway.forget_conn(id);
         self.count_close(reason);
     }
 
@@ -296,7 +310,7 @@ impl Shared {
             .count()
     }
 
-    fn send_to(&self, id: ConnId, cmd: ConnCmd) -> bool {
+    pub(crate) fn send_to(&self, id: ConnId, cmd: ConnCmd) -> bool {
         lock(&self.conns)
             .get(&id)
             .is_some_and(|e| e.tx.send(cmd).is_ok())
@@ -305,7 +319,9 @@ impl Shared {
     // ----- routes -----
 
     /// Routes `user_id` to `me`; KICKs the connection it pointed to before, if another.
-    pub(crate) fn register_route(&self, user_id: String, ct: ClientType, me: ConnId) {
+    /// `tags` are the bind's tags (the gateway's broadcast filter).
+    pub(crate) fn register_route(&self, user_id: String, ct: ClientType, me: ConnId, tags: String) {
+        self.gateway.set_tags(me, tags);
         let old = lock(&self.routes).insert(user_id.clone(), ct, me);
         if let Some(old) = old.filter(|old| *old != me) {
             let msg_id = self.next_msg_id();
@@ -316,7 +332,19 @@ impl Shared {
     }
 
     pub(crate) fn unregister_route(&self, user_id: String, ct: ClientType, me: ConnId) {
-        lock(&self.routes).remove(&user_id, ct, me);
+        if lock(&self.routes).remove(&user_id, ct, me) {
+            self.gateway.forget_conn(me);
+        }
+    }
+
+    /// The connection `user_id`'s route of client type `ct` points to.
+    pub(crate) fn route_of(&self, user_id: &str, ct: ClientType) -> Option<ConnId> {
+        lock(&self.routes).get(user_id, ct)
+    }
+
+    /// Every connection some route points to, each once, in connection order.
+    pub(crate) fn routed_conns(&self) -> Vec<ConnId> {
+        self.targets(None).into_iter().map(|(_, c)| c).collect()
     }
 
     /// The connections `user_id` is routed to (one per client type; a lookup, not a scan),
@@ -396,8 +424,9 @@ impl Shared {
         n
     }
 
-    pub(crate) fn record_ack(&self, msg_id: MsgId, me: ConnId) {
+    pub(crate) fn record_ack(&self, msg_id: MsgId, me: ConnId, wall_ms: i64) {
         self.counters.acks_received.fetch_add(1, Relaxed);
+        self.gateway.on_ack(msg_id, self.now(), wall_ms);
         if let Some(rec) = lock(&self.pushes).get_mut(&msg_id.0) {
             if rec.conn == me {
                 rec.acked = true;
@@ -450,6 +479,7 @@ impl Shared {
             capacity_delayed: c.capacity_delayed.load(Relaxed),
             capacity_wait_ms_total: c.capacity_wait_ms_total.load(Relaxed),
             capacity: self.capacity_limits(),
+            gateway: self.gateway.stats(),
         }
     }
 

@@ -274,6 +274,7 @@ impl SimServer {
                 Effect::RegisterRoute {
                     user_id,
                     client_type,
+                    ..
                 } => {
                     let old = self.routes.insert((user_id.clone(), client_type), conn);
                     if let Some(old) = old.filter(|old| *old != conn) {

@@ -183,6 +183,8 @@ counters! {
     counter read_timeouts: "Connections given up after two read checks without data.",
     counter request_timeouts: "Requests (handshake, fast connect, bind) that timed out.",
     counter decode_errors: "Frames that failed to decode, decrypt or inflate.",
+    counter push_decode_errors:
+        "Pushes framed and decrypted but whose content did not inflate (COMPRESS on raw content): not acked, not delivered, the session kept.",
     counter peer_closed: "Connections the server closed.",
     counter tickets_saved: "Tickets written to the store.",
     counter tickets_found: "Ticket lookups that found a usable ticket.",

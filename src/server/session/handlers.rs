@@ -194,6 +194,7 @@ impl ServerSession {
         self.effects.push_back(Effect::RegisterRoute {
             user_id: binding.user_id,
             client_type,
+            tags: binding.tags,
         });
         self.event(SessionEvent::Bind);
         self.ok(frame, "bind success");

@@ -294,7 +294,7 @@ fn bind_unbind_and_rebind() {
     );
     let effs = effects(&mut s);
     assert!(effs.iter().any(
-        |e| matches!(e, Effect::RegisterRoute { user_id, client_type }
+        |e| matches!(e, Effect::RegisterRoute { user_id, client_type, .. }
         if user_id == "alice" && *client_type == ClientType(1))
     ));
     assert_eq!(s.user_id(), Some("alice"));

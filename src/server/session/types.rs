@@ -131,6 +131,8 @@ pub enum Effect {
         user_id: String,
         /// The route's client type.
         client_type: ClientType,
+        /// The bind's tags (a broadcast's filter).
+        tags: String,
     },
     /// Remove the route if it still points to this connection.
     UnregisterRoute {

@@ -16,6 +16,8 @@ enum Commands {
     Run(Box<mpush_fleet::control::cli::RunArgs>),
     /// Run the reference MPUSH server until Ctrl-C.
     Serve(mpush_fleet::server::ServeArgs),
+    /// Work with `--report` files (`report merge A.json B.json ...`).
+    Report(mpush_fleet::control::merge::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match Cli::parse().command {
         Commands::Serve(args) => mpush_fleet::server::serve_main(args).map(|()| 0),
         Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
+        Commands::Report(args) => mpush_fleet::control::merge::report_main(args),
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),

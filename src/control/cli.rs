@@ -385,6 +385,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         ));
     }
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
+    report.first_device = args.first_device;
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
     report.process = ProcessCost::now().map(|p| ProcessCost {

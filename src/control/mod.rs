@@ -5,11 +5,13 @@
 //! - [`Fleet`]: the library API (tests drive it directly).
 //! - [`cli`]: `mpush-fleet run`, its flags and TOML config, status lines, exit codes.
 //! - [`report`]: the `--report` JSON and the status line.
+//! - [`merge`]: `report merge`, reports of fleets side by side as one run's.
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
 pub mod cli;
 pub mod embedded;
 pub mod fail_on;
+pub mod merge;
 pub mod report;
 pub mod summary;
 

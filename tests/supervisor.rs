@@ -83,6 +83,18 @@ fn wait_exit(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// `GET /metrics` over a plain socket.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 fn read(p: &Path) -> Value {
     let text = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_slice(&text).unwrap()
@@ -170,6 +182,7 @@ fn a_killed_worker_fails_the_supervisor_by_name() {
             "--shards",
             "1",
         ])
+        .args(["--metrics", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -178,6 +191,13 @@ fn a_killed_worker_fails_the_supervisor_by_name() {
     let stdout = lines_of(sup.stdout.take().unwrap());
     let stderr = lines_of(sup.stderr.take().unwrap());
     wait_line(&stdout, "40 online", |l| l.contains(" online 40 "));
+    // One endpoint for all workers: the merged figures of the status line.
+    let line = wait_line(&stderr, "the metrics address", |l| {
+        l.contains("metrics at /metrics")
+    });
+    let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
+    let body = scrape(&addr);
+    assert!(body.lines().any(|l| l == "mpush_fleet_online 40"), "{body}");
     let pid = sup.id();
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     let workers: Vec<i32> = children

@@ -47,13 +47,27 @@ for k in $(seq 0 $((PROCS - 1))); do
     >"$OUT/serve-$k.log" 2>&1 &
   pids+=($!); servers+=($!)
 done
+# Every server must be up (listening, and still running: a `serve` that lost its port to
+# another process exits at once); a fleet against a dead server would only count failures.
 for k in $(seq 0 $((PROCS - 1))); do
+  up=0
   for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$((BASE_PORT + k))") 2>/dev/null && break
+    kill -0 "${servers[$k]}" 2>/dev/null || break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$((BASE_PORT + k))") 2>/dev/null; then up=1; break; fi
     sleep 0.1
   done
+  if [ "$up" != 1 ]; then
+    echo "FAIL: serve $k on 127.0.0.1:$((BASE_PORT + k)) is not up; its log:" >&2
+    cat "$OUT/serve-$k.log" >&2
+    exit 1
+  fi
 done
-for _ in $(seq 1 300); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_up=0
+for _ in $(seq 1 300); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && { redis_up=1; break; }
+  sleep 0.1
+done
+[ "$redis_up" = 1 ] || { echo "FAIL: redis-server on port $REDIS_PORT is not up" >&2; cat "$OUT/redis.log" >&2; exit 1; }
 
 # CPU seconds (user+system) of the server processes, from /proc.
 server_cpu() {
@@ -115,4 +129,9 @@ summary = {
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 print(json.dumps(summary, indent=2))
+missed = [(n, c["online_at_end"]) for n, c in (("cycle 1", c1), ("cycle 2", c2))
+          if c["devices"] < total or c["online_at_end"] < total]
+for n, online in missed:
+    print(f"FAIL: {n}: {online} of {total} devices online at the end", file=sys.stderr)
+sys.exit(1 if missed else 0)
 PY

@@ -18,6 +18,8 @@ enum Commands {
     Serve(Box<mpush_fleet::server::ServeArgs>),
     /// Push through an MPUSH gateway, as an application server does (PROTOCOL.md 8).
     Push(Box<mpush_fleet::gateway::cli::PushArgs>),
+    /// Work with `--report` files (`report merge A.json B.json ...`).
+    Report(mpush_fleet::control::merge::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Commands::Serve(args) => mpush_fleet::server::serve_main(*args).map(|()| 0),
         Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
         Commands::Push(args) => mpush_fleet::gateway::cli::push_main(*args),
+        Commands::Report(args) => mpush_fleet::control::merge::report_main(args),
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),

@@ -85,6 +85,13 @@ step "mpush-fleet run --server host:3000 --devices 60000 --first-device 0" \
   mpush-fleet run --server "$server" --devices 20 --first-device 0 $short
 step "mpush-fleet run --server host:3000 --devices 60000 --first-device 60000" \
   mpush-fleet run --server "$server" --devices 20 --first-device 20 $short
+step "mpush-fleet report merge machine-0.json machine-1.json > all.json" bash -c "
+  '$BIN' run --server '$server' --devices 20 --first-device 0 $short --report '$work/m0.json' &&
+  '$BIN' run --server '$server' --devices 20 --first-device 20 $short --report '$work/m1.json' &&
+  '$BIN' report merge '$work/m0.json' '$work/m1.json' > '$work/all.json' &&
+  grep -q '\"devices\": 40' '$work/all.json'"
+step "mpush-fleet run --devices 100000 --processes auto --rate 2000 --duration 120s" \
+  mpush-fleet run --devices 60 --processes 3 $short
 step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.0.2 --source 127.0.0.3" \
   mpush-fleet run --server "$server" --devices 20 --source 127.0.0.2 --source 127.0.0.3 $short
 step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.1.0/28" \
@@ -194,6 +201,14 @@ if grep -q '^summary: ' "$log"; then echo "   ok"; else
 fi
 echo "SKIPPED bash tuning/apply.sh: changes kernel settings of the machine"
 echo "SKIPPED benches/fleet_100k.sh: a 100k-session load bench, never run by the tests"
+# Kubernetes: the manifests and the entrypoint are checked by tests/k8s_manifests.rs.
+for line in "cargo build --release && docker build -f deploy/k8s/Dockerfile -t mpush-fleet:latest ." \
+  "kubectl apply -k deploy/k8s/" "kubectl wait --for=condition=complete --timeout=2h job/mpush-fleet" \
+  "mpush-fleet report merge pod-*.json --fail-on 'online<99.9%'"; do
+  skip "$line" "needs a Kubernetes cluster (the manifests are checked by tests/k8s_manifests.rs)"
+done
+skip "$(readme_commands | grep -m1 '^for i in \$(seq 0 9); do kubectl logs')" \
+  "needs a Kubernetes cluster"
 
 # --- Every README command was run or skipped with a reason. -----------------------------
 while IFS= read -r line; do

@@ -1,7 +1,8 @@
 //! `mpush-fleet run`: flags (mirrored by a TOML `--config` file), the embedded server, status
 //! lines (a progress bar while ramping on a terminal), the push sink, the metrics endpoint,
 //! the summary and the exit code (0: every device reached online and no `--fail-on` threshold
-//! held; 1: otherwise; 2: bad usage).
+//! held; 1: otherwise; 2: bad usage; 3: with `--processes`, a worker died or never started).
+//! `--processes` hands the run to [`super::supervisor`].
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +65,14 @@ pub struct RunArgs {
     /// Index of this process's first device, so several processes split one fleet.
     #[arg(long, default_value_t = 0)]
     pub first_device: u32,
+    /// Run the fleet as this many worker processes under one supervisor (one status line,
+    /// summary, --report and --metrics for all); `auto`: as many as this machine's
+    /// per-process descriptor limit needs, embedded servers included.
+    #[arg(long, value_name = "N|auto")]
+    pub processes: Option<super::supervisor::plan::Processes>,
+    /// Internal: run as a supervisor's worker (JSON lines on stdout, see `control::worker`).
+    #[arg(long, hide = true)]
+    pub worker: bool,
     /// Local source address or IPv4 CIDR to bind before connecting (repeatable).
     #[arg(long = "source", value_name = "ADDR|CIDR")]
     pub sources: Vec<String>,
@@ -278,7 +287,14 @@ pub struct UsageError(pub String);
 /// [`UsageError`] for bad usage (exit 2); anything else is a failure to run.
 pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let argv: Vec<String> = std::env::args().collect();
-    let args = merge_config(args, &argv).map_err(|e| UsageError(format!("{e:#}")))?;
+    let mut args = merge_config(args, &argv).map_err(|e| UsageError(format!("{e:#}")))?;
+    if args.worker {
+        // The supervisor shows, serves, judges and writes for all its workers.
+        (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
+    } else if args.processes.is_some() {
+        return super::supervisor::run(args, &argv);
+    }
+    let mut link = args.worker.then(super::worker::Link::new);
     crate::shard::io_uring_available().map_err(|e| {
         anyhow::anyhow!(
             "io_uring is unavailable here ({e}); mpush-fleet's shards need it. \
@@ -312,7 +328,8 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         sink: sink.as_ref().map(Sink::sender),
         ..cfg
     };
-    let mut out = Progress::new(devices, matches!(args.sink, Some(SinkSpec::Stdout)));
+    let to_stderr = args.worker || matches!(args.sink, Some(SinkSpec::Stdout));
+    let mut out = Progress::new(devices, to_stderr);
     let stores = match &args.redis {
         Some(url) => {
             let redis = RedisConfig {
@@ -327,6 +344,9 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     };
     let stop = stop_signal()?;
     let mut fleet = Fleet::start(cfg, stores)?;
+    if let Some(link) = &mut link {
+        link.started();
+    }
     // The scrape thread reads the latest merge; the lock is the control plane's, never a
     // shard's, and is held only to swap or clone a snapshot.
     let latest = Arc::new(Mutex::new(ShardStats::default()));
@@ -354,6 +374,9 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             *latest.lock().unwrap_or_else(PoisonError::into_inner) = fleet.stats();
         }
         out.update(&fleet.counters());
+        if link.as_mut().is_some_and(|l| !l.tick(&fleet)) {
+            break;
+        }
         if stop.try_recv().is_ok() {
             eprintln!("stopping (signal)");
             break;
@@ -361,14 +384,14 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if args.stop_when_online {
+        if args.stop_when_online && !args.worker {
             let c = fleet.counters();
             let all = u64::from(devices);
             if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
                 break;
             }
         }
-        if Instant::now() >= next_status {
+        if Instant::now() >= next_status && !args.worker {
             out.line(&status_line(devices, fleet.elapsed(), &fleet.stats()));
             next_status += status_every;
         }
@@ -387,12 +410,20 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         ));
     }
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
+    report.first_device = args.first_device;
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
     report.process = ProcessCost::now().map(|p| ProcessCost {
         rss_bytes_online: rss_online.unwrap_or(p.rss_bytes_online),
         ..p
     });
+    if let Some(link) = &mut link {
+        link.report(&report);
+        if let Some(server) = server {
+            server.stop();
+        }
+        return Ok(u8::from(!summary::passed(&report, &[])));
+    }
     out.line(&status_line(devices, result.elapsed, &result.stats));
     let mut judged = result.stats;
     judged.counters.online = online_before_stop;
@@ -506,7 +537,7 @@ fn check_descriptors(devices: u32) -> anyhow::Result<u64> {
 }
 
 /// A channel that receives once on SIGINT or SIGTERM.
-fn stop_signal() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     ctrlc::set_handler(move || {
         let _ = tx.try_send(());
@@ -521,16 +552,16 @@ const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where status goes: a progress bar while the fleet ramps when the output is a terminal,
 /// plain lines otherwise (CI, logs); stderr instead of stdout when stdout carries the sink's
 /// JSON lines.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     to_stderr: bool,
     /// Whether the stream is a terminal (a person reads it).
-    tty: bool,
+    pub(crate) tty: bool,
     devices: u64,
 }
 
 impl Progress {
-    fn new(devices: u32, to_stderr: bool) -> Progress {
+    pub(crate) fn new(devices: u32, to_stderr: bool) -> Progress {
         let tty = if to_stderr {
             std::io::stderr().is_terminal()
         } else {
@@ -560,7 +591,7 @@ impl Progress {
     }
 
     /// Moves the bar; once every device came online the ramp is over and plain lines resume.
-    fn update(&mut self, c: &Counters) {
+    pub(crate) fn update(&mut self, c: &Counters) {
         let Some(bar) = &self.bar else { return };
         bar.set_position(c.ever_online.min(self.devices));
         bar.set_message(format!("online {} reconnects {}", c.online, c.reconnects));
@@ -569,7 +600,7 @@ impl Progress {
         }
     }
 
-    fn line(&self, s: &str) {
+    pub(crate) fn line(&self, s: &str) {
         match &self.bar {
             Some(bar) => bar.println(s),
             None if self.to_stderr => eprintln!("{s}"),
@@ -577,7 +608,7 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

@@ -5,13 +5,18 @@
 //! - [`Fleet`]: the library API (tests drive it directly).
 //! - [`cli`]: `mpush-fleet run`, its flags and TOML config, status lines, exit codes.
 //! - [`report`]: the `--report` JSON and the status line.
+//! - [`merge`]: `report merge`, reports of fleets side by side as one run's.
+//! - [`supervisor`], [`worker`]: `run --processes`, one fleet in several processes.
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
 pub mod cli;
 pub mod embedded;
 pub mod fail_on;
+pub mod merge;
 pub mod report;
 pub mod summary;
+pub mod supervisor;
+pub mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proto::message::ErrorCode;
 use crate::stats::{Counters, Latency, ShardStats, Summary};
@@ -14,6 +14,8 @@ use crate::stats::{Counters, Latency, ShardStats, Summary};
 pub struct RunReport {
     /// Devices in this process's range.
     pub devices: u32,
+    /// Index of the range's first device (`--first-device`; in a merged report, the lowest).
+    pub first_device: u32,
     /// Devices online at the end.
     pub online: i64,
     /// Devices that reached online at least once.
@@ -40,13 +42,17 @@ pub struct RunReport {
     pub latency: BTreeMap<&'static str, Summary>,
     /// Every counter.
     pub counters: Counters,
-    /// What this process cost (Linux `/proc/self`); `None` where it cannot be read.
+    /// What this process cost (Linux `/proc/self`); `None` where it cannot be read. In a
+    /// merged report, the sum over the processes merged.
     pub process: Option<ProcessCost>,
+    /// Every latency histogram, base64 HDR V2 by name, so that reports merge exactly
+    /// (`mpush-fleet report merge`).
+    pub histograms: BTreeMap<&'static str, String>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
 /// CPU per handshake and per fast connect).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessCost {
     /// User CPU seconds since the process started.
     pub cpu_user_secs: f64,
@@ -98,6 +104,7 @@ impl RunReport {
         let secs = elapsed.as_secs_f64().max(1e-9);
         RunReport {
             devices,
+            first_device: 0,
             online: c.online,
             ever_online: c.ever_online,
             handshakes: c.handshakes,
@@ -115,6 +122,7 @@ impl RunReport {
                 .collect(),
             counters: c.clone(),
             process: None,
+            histograms: stats.latencies.encode(),
         }
     }
 }

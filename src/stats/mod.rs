@@ -6,6 +6,7 @@
 //! [`crate::http`]'s job.
 
 mod counters;
+pub mod hdr;
 pub mod prometheus;
 
 pub use counters::{Counters, Field, Kind, Reading};

@@ -68,10 +68,11 @@ pub struct ShardConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DriverKind {
     /// The raw io_uring driver: one ring per shard, multishot receives from a shared
-    /// provided-buffer ring, no task or buffer per idle socket.
+    /// provided-buffer ring, no task or buffer per idle socket. The default: it measures
+    /// better on every figure of `benches/drivers.sh` (BENCHMARKS.md).
+    #[default]
     Uring,
     /// The tokio-uring driver: a task, an `Rc` and a read buffer per socket.
-    #[default]
     TokioUring,
 }
 

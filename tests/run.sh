@@ -27,7 +27,7 @@ cargo test "$@"
 # tests' fleets and the `run` processes they start).
 if [ $# -eq 0 ]; then
   MPUSH_FLEET_DRIVER="${OTHER_DRIVER:-tokio-uring}" cargo test --test fleet --test redis_fleet \
-    --test fleet_sink --test overload --test ctrl_c
+    --test fleet_sink --test overload --test ctrl_c --test connect_timeout
 fi
 # The README's commands in short forms (a small fleet, serve, a few seconds per fuzz target),
 # with the whole suite only: `bash tests/run.sh --test NAME` runs just that test.

@@ -76,7 +76,9 @@ impl Driver {
             Io::Write { conn, data } => match self.conns.get(conn.slot, conn.gen) {
                 Some(c) if c.id == conn && c.fd().is_some() && !c.has(flag::ENDED) => {
                     if c.sending.is_some() {
-                        c.queued.push_back(data);
+                        c.queued
+                            .get_or_insert_with(Default::default)
+                            .push_back(data);
                     } else {
                         c.sending = Some(data);
                         c.sent = 0;
@@ -299,13 +301,13 @@ fn conn_complete(
                 return Outcome::Nothing;
             }
             if r > 0 || len == 0 {
-                c.sending = c.queued.pop_front();
+                c.sending = c.queued.as_mut().and_then(|q| q.pop_front());
                 c.sent = 0;
                 if c.sending.is_some() {
                     send(ring, c);
                 } else {
                     // Let a burst's queue go: an idle session keeps no write queue.
-                    c.queued = Default::default();
+                    c.queued = None;
                     if c.shut_after_writes {
                         c.shutdown();
                     }
@@ -313,9 +315,9 @@ fn conn_complete(
                 return Outcome::Written { ok: 1, failed: 0 };
             }
             // The write failed: so do the ones queued behind it.
-            let failed = 1 + c.queued.len() as u32;
+            let failed = 1 + c.queued.as_ref().map_or(0, |q| q.len()) as u32;
             c.sending = None;
-            c.queued = Default::default();
+            c.queued = None;
             c.shutdown();
             Outcome::Written { ok: 0, failed }
         }

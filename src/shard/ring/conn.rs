@@ -50,6 +50,7 @@ pub(super) struct Conn {
     pub(super) sent: u32,
     /// Writes given while one is in flight (boxed and allocated only then: an idle session
     /// keeps 8 bytes for it, not a queue header).
+    #[allow(clippy::box_collection)]
     pub(super) queued: Option<Box<VecDeque<Bytes>>>,
     /// Shut the socket down once the queued writes are sent.
     pub(super) shut_after_writes: bool,

@@ -13,7 +13,8 @@
 #    back online, and the fleet's CPU per fast connect over that storm (target <= 20 us);
 #  - syscalls per heartbeat round trip: 2,000 devices heartbeating every 2 s on one shard,
 #    `strace -f -c -p` for 10 s in steady state, over the heartbeats echoed in that window
-#    (read from the fleet's metrics before and after; target <= 0.2).
+#    (read from the fleet's metrics before and after; target <= 0.2);
+#  - heap allocations per heartbeat round trip: heaptrack, see `allocs_per_hb` (target 0).
 # Storm target: the uring driver's storm at least 3x faster than tokio-uring's, same run.
 # Exits non-zero, naming each, when the uring driver misses a target. Loopback only.
 set -euo pipefail
@@ -58,6 +59,23 @@ serve() { # NAME ARGS...: starts serve; sets SERVE_PORT, SERVE_ADMIN
 }
 serve serve; port=$SERVE_PORT; admin=$SERVE_ADMIN
 serve serve-hb --min-heartbeat 2000 --max-heartbeat 2000; hb_port=$SERVE_PORT
+serve serve-hb1 --min-heartbeat 1000 --max-heartbeat 1000; hb1_port=$SERVE_PORT
+
+# Heap allocations of the whole `run` process (heaptrack) in two runs of the same length whose
+# heartbeats come every 2 s and every 1 s: what the time-driven work allocates (stats reports,
+# status lines) cancels out, what a heartbeat round trip allocates does not.
+allocs_per_hb() { # DRIVER SOURCE_PREFIX: allocations per heartbeat round trip
+  local d=$1 a=() h=() port
+  for port in "$hb_port" "$hb1_port"; do
+    heaptrack -o "$work/ht-$d-$port" "$BIN" run --driver "$d" --server "127.0.0.1:$port" \
+      --devices "$HB_DEVICES" --rate 0 --heartbeat 1000 --shards 1 --no-pin --duration 15s \
+      --source "$2.$((${#a[@]} + 4))" --report "$work/ht-$d-$port.json" >/dev/null 2>&1 || true
+    a+=("$(heaptrack_print "$work/ht-$d-$port.zst" 2>/dev/null |
+      awk '/^calls to allocation functions/ {print $5}')")
+    h+=("$(python3 -c "import json; print(json.load(open('$work/ht-$d-$port.json'))['counters']['heartbeats_received'])")")
+  done
+  python3 -c "print(round((${a[1]} - ${a[0]}) / max(${h[1]} - ${h[0]}, 1), 3))"
+}
 
 fleet() { # DRIVER DEVICES RATE SOURCE MPORT EXTRA...: starts run in the background; sets pid
   local driver=$1 devices=$2 rate=$3 src=$4 mport=$5; shift 5
@@ -68,7 +86,7 @@ fleet() { # DRIVER DEVICES RATE SOURCE MPORT EXTRA...: starts run in the backgro
 }
 stop() { kill -INT "$1"; wait "$1" 2>/dev/null || true; }
 
-declare -A mem cpu_hs storm cpu_fc sys_hb
+declare -A mem cpu_hs storm cpu_fc sys_hb allocs
 i=1
 for d in $DRIVERS; do
   i=$((i + 1))
@@ -105,6 +123,11 @@ for d in $DRIVERS; do
   echo "strace ($d, $((h1 - h0)) heartbeats): $(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" {print $4, $NF}' \
     "$work/strace-$d.txt" | sort -rn | head -n 6 | awk '{print $2": "$1}' | paste -sd' ') total: $calls"
   stop "$pid"
+  if command -v heaptrack >/dev/null; then
+    allocs[$d]=$(allocs_per_hb "$d" "127.0.$i")
+  else
+    allocs[$d]=skipped; echo "!!!!!!!! heaptrack not installed: allocations not measured !!!!!!!!"
+  fi
 done
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); binary $BIN; $(date -u +%F)"
@@ -115,6 +138,7 @@ row "us fleet CPU per handshake (ramp)" cpu_hs
 row "s storm: close-all until all back" storm
 row "us fleet CPU per fast connect (storm)" cpu_fc
 row "syscalls per heartbeat round trip" sys_hb
+row "heap allocations per heartbeat r.t." allocs
 
 missed=()
 ok() { python3 -c "import sys; sys.exit(0 if $1 else 1)"; }
@@ -123,6 +147,9 @@ if [[ " $DRIVERS " == *" uring "* ]]; then
   ok "${cpu_hs[uring]} <= 50" || missed+=("CPU per handshake ${cpu_hs[uring]} us > 50 us")
   ok "${cpu_fc[uring]} <= 20" || missed+=("CPU per fast connect ${cpu_fc[uring]} us > 20 us")
   ok "${sys_hb[uring]} <= 0.2" || missed+=("syscalls per heartbeat ${sys_hb[uring]} > 0.2")
+  # 0 per round trip: one allocation per heartbeat would read 1; the residue is noise.
+  [ "${allocs[uring]}" = skipped ] || ok "abs(${allocs[uring]}) < 0.05" ||
+    missed+=("allocations per heartbeat ${allocs[uring]} > 0")
   if [[ " $DRIVERS " == *" tokio-uring "* ]]; then
     ok "${storm[uring]} * 3 <= ${storm[tokio-uring]}" ||
       missed+=("storm ${storm[uring]} s not 3x faster than tokio-uring's ${storm[tokio-uring]} s")

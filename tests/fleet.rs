@@ -44,6 +44,7 @@ fn fleet_config(server: SocketAddr, devices: u32, shards: usize) -> FleetConfig 
             backoff_cap_ms: 400,
             ..DeviceConfig::default()
         },
+        driver: common::driver(),
         ..FleetConfig::default()
     }
 }

@@ -42,6 +42,7 @@ fn ten_times_a_limited_servers_capacity_ends_all_online_without_collapse() {
             max_pending: 64,
             ..Admission::default()
         },
+        driver: common::driver(),
         ..FleetConfig::default()
     };
     let mut fleet = Fleet::start(cfg, memory_stores(2)).expect("fleet starts");

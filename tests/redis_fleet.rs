@@ -42,6 +42,7 @@ fn fleet_config(server: SocketAddr, devices: u32, first: u32) -> FleetConfig {
             backoff_cap_ms: 400,
             ..DeviceConfig::default()
         },
+        driver: common::driver(),
         ..FleetConfig::default()
     }
 }

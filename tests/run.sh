@@ -22,6 +22,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # The golden vectors must be found: a vector test that silently tests nothing is a defect.
 export MPUSH_REQUIRE_VECTORS="${MPUSH_REQUIRE_VECTORS:-1}"
 cargo test "$@"
+# Both shard drivers pass the same fleet tests over the same core: `cargo test` above ran them
+# on the default driver, these run them on the other (MPUSH_FLEET_DRIVER reaches both the
+# tests' fleets and the `run` processes they start).
+if [ $# -eq 0 ]; then
+  MPUSH_FLEET_DRIVER="${OTHER_DRIVER:-tokio-uring}" cargo test --test fleet --test redis_fleet \
+    --test fleet_sink --test overload --test ctrl_c --test connect_timeout
+fi
 # The README's commands in short forms (a small fleet, serve, a few seconds per fuzz target),
 # with the whole suite only: `bash tests/run.sh --test NAME` runs just that test.
 if [ $# -eq 0 ]; then

@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// io_uring submission-queue entries per shard (the completion queue is twice as large).
     #[arg(long, default_value_t = 4096)]
     pub ring_entries: u32,
+    /// The shards' runtime: `uring` (raw io_uring, one ring per shard) or `tokio-uring`.
+    #[arg(long, value_enum, env = "MPUSH_FLEET_DRIVER", default_value_t = Default::default())]
+    pub driver: crate::shard::DriverKind,
     /// Index of this process's first device, so several processes split one fleet.
     #[arg(long, default_value_t = 0)]
     pub first_device: u32,
@@ -477,6 +480,7 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
         seed: args.seed,
         pin: !args.no_pin,
         ring_entries: args.ring_entries,
+        driver: args.driver,
         admission: crate::shard::core::Admission {
             max_pending: args.max_pending,
             retry_ratio: args.retry_budget,

@@ -62,6 +62,8 @@ pub struct FleetConfig {
     pub drain_timeout: Duration,
     /// The fleet's admission window (`max_pending` across all shards) and retry budget.
     pub admission: crate::shard::core::Admission,
+    /// Which driver runs the shards' cores.
+    pub driver: crate::shard::DriverKind,
 }
 
 impl Default for FleetConfig {
@@ -81,6 +83,7 @@ impl Default for FleetConfig {
             sink: None,
             drain_timeout: Duration::from_secs(10),
             admission: Default::default(),
+            driver: Default::default(),
         }
     }
 }
@@ -176,6 +179,7 @@ impl Fleet {
                 sink: cfg.sink.clone(),
                 drain_timeout: cfg.drain_timeout,
                 admission: shard_admission(&cfg.admission, share),
+                driver: cfg.driver,
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
             let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())

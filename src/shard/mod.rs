@@ -4,6 +4,8 @@
 //! - [`core`]: [`ShardCore`](core::ShardCore), the shard's logic, sans-IO: slots, devices,
 //!   timers, ramp, ticket requests, sink backpressure, batched AES, the graceful stop. Tested
 //!   in simulated time (`crate::sim`) and fuzzed.
+//! - `ring`: the raw io_uring driver (the `io-uring` crate): one ring per shard, completions
+//!   dispatched to slots by `user_data`, multishot receives from one provided-buffer ring.
 //! - `uring`: the tokio-uring driver. Per turn: feed every completion, then end the turn
 //!   (timers fire only after all the turn's input), start the core's I/O, send its ticket
 //!   requests, hand its pushes to the sink, sleep until the next completion or deadline.
@@ -14,6 +16,7 @@
 //! [`Device`](crate::device::Device)s.
 
 pub mod core;
+mod ring;
 mod uring;
 
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +60,20 @@ pub struct ShardConfig {
     pub drain_timeout: Duration,
     /// The shard's admission window and retry budget.
     pub admission: core::Admission,
+    /// Which driver runs the core.
+    pub driver: DriverKind,
+}
+
+/// The runtime under a shard's core (`--driver`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    /// The raw io_uring driver: one ring per shard, multishot receives from a shared
+    /// provided-buffer ring, no task or buffer per idle socket. The default: it measures
+    /// better on every figure of `benches/drivers.sh` (BENCHMARKS.md).
+    #[default]
+    Uring,
+    /// The tokio-uring driver: a task, an `Rc` and a read buffer per socket.
+    TokioUring,
 }
 
 /// What the control plane tells a shard.
@@ -106,6 +123,9 @@ pub fn spawn(
                 if !core_affinity::set_for_current(core) {
                     tracing::warn!(shard = cfg.id, "could not pin to core {}", core.id);
                 }
+            }
+            if cfg.driver == DriverKind::Uring {
+                return ring::run(cfg, store, commands, reports);
             }
             let runtime =
                 match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {

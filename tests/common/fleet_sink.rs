@@ -25,6 +25,7 @@ pub fn fleet(server: &ServerHandle, n: u32, sink: &Sink) -> Fleet {
             backoff_base_ms: 50,
             ..DeviceConfig::default()
         },
+        driver: crate::common::driver(),
         ..FleetConfig::default()
     };
     let mut fleet = Fleet::start(cfg, memory_stores(2)).expect("fleet starts");

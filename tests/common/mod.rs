@@ -56,3 +56,18 @@ pub fn io_uring_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// The shard driver the fleet tests run on: `MPUSH_FLEET_DRIVER` (`uring` or `tokio-uring`;
+/// `tests/run.sh` runs the fleet tests once with each), else the default. Child `run`
+/// processes read the same variable.
+///
+/// # Panics
+/// On a value that names no driver: a typo must not silently test the default.
+pub fn driver() -> mpush_fleet::shard::DriverKind {
+    use clap::ValueEnum as _;
+    match env::var("MPUSH_FLEET_DRIVER") {
+        Ok(name) => mpush_fleet::shard::DriverKind::from_str(&name, false)
+            .unwrap_or_else(|e| panic!("MPUSH_FLEET_DRIVER={name}: {e}")),
+        Err(_) => mpush_fleet::shard::DriverKind::default(),
+    }
+}

@@ -1,0 +1,215 @@
+//! The shard's io_uring, its operation names and its wake-up eventfd.
+//!
+//! Every submission carries `user_data` = slot (32 bits) | generation (low 24 bits) |
+//! operation (8 bits), so a completion goes straight to its connection's state: no task, no
+//! channel, no lookup table per socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, squeue, types, IoUring};
+
+use crate::shard::core::ConnId;
+
+/// What a completion completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Op {
+    Connect = 1,
+    ConnectTimeout = 2,
+    Recv = 3,
+    Send = 4,
+    /// A cancel request's own completion (nothing to do).
+    Cancel = 5,
+    /// The wake-up eventfd's read.
+    Wake = 6,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Connect,
+            2 => Op::ConnectTimeout,
+            3 => Op::Recv,
+            4 => Op::Send,
+            5 => Op::Cancel,
+            6 => Op::Wake,
+            _ => return None,
+        })
+    }
+}
+
+/// The generation bits a `user_data` keeps.
+pub(super) const GEN_MASK: u32 = 0x00ff_ffff;
+
+pub(super) fn user_data(conn: ConnId, op: Op) -> u64 {
+    (u64::from(conn.slot) << 32) | (u64::from(conn.gen & GEN_MASK) << 8) | op as u64
+}
+
+/// `(slot, generation bits, operation)` of a `user_data`.
+pub(super) fn parse(user_data: u64) -> Option<(u32, u32, Op)> {
+    let op = Op::from_u8(user_data as u8)?;
+    Some((
+        (user_data >> 32) as u32,
+        (user_data >> 8) as u32 & GEN_MASK,
+        op,
+    ))
+}
+
+/// A completion, copied out of the completion queue.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cqe {
+    pub(super) user_data: u64,
+    pub(super) result: i32,
+    pub(super) flags: u32,
+}
+
+impl Cqe {
+    pub(super) fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+    pub(super) fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// The ring of one shard thread.
+pub(super) struct Ring {
+    pub(super) uring: IoUring,
+}
+
+impl Ring {
+    /// A ring of `entries` submissions, the completion queue four times larger (multishot
+    /// receives post many completions per submission). Single issuer with deferred task work
+    /// where the kernel has them (6.1+): completions are produced when the shard waits.
+    pub(super) fn new(entries: u32) -> io::Result<Ring> {
+        let entries = entries.clamp(8, 32_768);
+        let cq = entries.saturating_mul(4);
+        let uring = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
+        if !uring.params().is_feature_ext_arg() || !uring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring lacks EXT_ARG or NODROP (needs Linux 5.19+)",
+            ));
+        }
+        Ok(Ring { uring })
+    }
+
+    /// Queues `entry`, submitting what is queued first if the submission queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer, address and timespec `entry` points to stays valid until the entry's
+    /// completion has been reaped (the timespec of a link timeout and the address of a
+    /// connect until the submission, which this crate's callers keep longer anyway).
+    pub(super) unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: passed on from the caller.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.uring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed");
+            }
+        }
+    }
+
+    /// Queues `first` linked to `then`, adjacent in the queue (a link must not be split
+    /// across two submissions).
+    ///
+    /// # Safety
+    ///
+    /// As for [`push`](Self::push), for both entries.
+    pub(super) unsafe fn push_linked(&mut self, first: &squeue::Entry, then: &squeue::Entry) {
+        loop {
+            let mut sq = self.uring.submission();
+            if sq.capacity() - sq.len() >= 2 {
+                // SAFETY: passed on from the caller; two free entries were checked.
+                unsafe {
+                    let _ = sq.push(first);
+                    let _ = sq.push(then);
+                }
+                return;
+            }
+            drop(sq);
+            if let Err(e) = self.uring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed");
+            }
+        }
+    }
+
+    /// Submits everything queued and waits up to `timeout` for a completion.
+    pub(super) fn submit_and_wait(&mut self, timeout: Duration) {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
+        }
+    }
+
+    /// Moves every posted completion into `out`.
+    pub(super) fn reap(&mut self, out: &mut Vec<Cqe>) {
+        for c in self.uring.completion() {
+            out.push(Cqe {
+                user_data: c.user_data(),
+                result: c.result(),
+                flags: c.flags(),
+            });
+        }
+    }
+}
+
+/// The shard's wake-up from other threads (ticket answers, sink acceptances): an eventfd the
+/// ring keeps a read on. A wake writes only when the shard has not been woken since it last
+/// looked, so a burst of answers costs one `write`.
+#[derive(Debug)]
+pub(super) struct Waker {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    pub(super) fn new() -> io::Result<Waker> {
+        // SAFETY: plain syscall; the result is checked and owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Waker {
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// The shard took the wake-up: the next `wake` writes again. The shard looks at its
+    /// channels after this, so no answer is missed.
+    pub(super) fn rearm(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+
+    pub(super) fn fd(&self) -> types::Fd {
+        types::Fd(self.fd.as_raw_fd())
+    }
+}

@@ -57,6 +57,8 @@ pub struct FleetConfig {
     pub drain_timeout: Duration,
     /// The fleet's admission window (`max_pending` across all shards) and retry budget.
     pub admission: crate::shard::core::Admission,
+    /// The fleet's phases (`--stages`, `--rate auto`); each shard runs them on its share.
+    pub plan: crate::stages::Plan,
 }
 
 impl Default for FleetConfig {
@@ -76,6 +78,7 @@ impl Default for FleetConfig {
             sink: None,
             drain_timeout: Duration::from_secs(10),
             admission: Default::default(),
+            plan: Default::default(),
         }
     }
 }
@@ -171,6 +174,13 @@ impl Fleet {
                 sink: cfg.sink.clone(),
                 drain_timeout: cfg.drain_timeout,
                 admission: shard_admission(&cfg.admission, share),
+                plan: cfg.plan.for_shard(
+                    lo - cfg.first_device,
+                    hi - cfg.first_device,
+                    cfg.devices,
+                    share,
+                    cfg.rate,
+                ),
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
             let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())

@@ -57,6 +57,8 @@ pub struct ShardConfig {
     pub drain_timeout: Duration,
     /// The shard's admission window and retry budget.
     pub admission: core::Admission,
+    /// The shard's phases (its share of each ramp).
+    pub plan: crate::stages::Plan,
 }
 
 /// What the control plane tells a shard.

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod embedded;
 pub mod fail_on;
+pub mod phases;
 pub mod report;
 pub mod summary;
 
@@ -231,6 +232,11 @@ impl Fleet {
         let mut total = ShardStats::default();
         self.latest.iter().for_each(|s| total.merge(s));
         total
+    }
+
+    /// Whether every shard finished its stages (false without stages).
+    pub fn stages_done(&self) -> bool {
+        self.latest.iter().all(|s| s.stages.done())
     }
 
     /// Counters only, cheaper than [`Fleet::stats`].

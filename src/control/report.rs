@@ -42,6 +42,12 @@ pub struct RunReport {
     pub counters: Counters,
     /// What this process cost (Linux `/proc/self`); `None` where it cannot be read.
     pub process: Option<ProcessCost>,
+    /// What `--rate auto` found: sessions/s and p99, for handshakes and fast connects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::stages::Capacity>,
+    /// Each phase of `--stages`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<super::phases::PhaseReport>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
@@ -115,6 +121,8 @@ impl RunReport {
                 .collect(),
             counters: c.clone(),
             process: None,
+            capacity: stats.stages.capacity,
+            stages: super::phases::phase_reports(&stats.stages),
         }
     }
 }
@@ -144,6 +152,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         c.acks_sent,
         c.reconnects,
     );
+    line.push_str(&super::phases::status(stats));
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }

@@ -95,8 +95,7 @@ fn err(part: &str, why: impl Into<String>) -> StagesError {
 }
 
 fn duration_ms(part: &str, s: &str) -> Result<u64, StagesError> {
-    let d: Duration =
-        crate::control::cli::parse_duration(s).map_err(|e| err(part, format!("{e}")))?;
+    let d: Duration = crate::control::cli::parse_duration(s).map_err(|e| err(part, e))?;
     Ok(d.as_millis() as u64)
 }
 

@@ -205,7 +205,7 @@ impl Search {
             self.draining = None;
             self.last_good = Some((hs, fc));
             for (peaks, p) in [(&mut self.handshake, hs), (&mut self.fast_connect, fc)] {
-                if p.samples > 0 && peaks.floor.is_none_or(|f| p.per_sec > f.per_sec) {
+                if p.samples > 0 && peaks.floor.map_or(true, |f| p.per_sec > f.per_sec) {
                     peaks.floor = Some(p);
                 }
             }

@@ -148,7 +148,9 @@ pub fn status(stats: &ShardStats) -> String {
         s.push_str(" phases done");
     }
     if let Some(c) = &st.capacity {
-        s.push_str(&format!(" auto-rate {:.0}/s", c.rate_now));
+        if c.rate_now > 0.0 {
+            s.push_str(&format!(" auto-rate {:.0}/s", c.rate_now));
+        }
         for (what, f) in [
             ("handshakes", c.handshake),
             ("fast-connects", c.fast_connect),

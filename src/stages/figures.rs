@@ -235,7 +235,7 @@ pub struct Capacity {
     pub handshake: Option<Found>,
     /// For fast connects.
     pub fast_connect: Option<Found>,
-    /// The search's arrival rate now, sessions/s (merged: the sum).
+    /// The search's arrival rate now, sessions/s (merged: the sum); 0 once it ended.
     pub rate_now: f64,
 }
 

@@ -6,7 +6,7 @@
 //! - **hold** and **churn** end after their duration; churn closes `P%` of the running
 //!   devices per second, round-robin over the online ones.
 //! - **storm** closes every online session at once and ends when as many are online again
-//!   (or after its limit).
+//!   and no running device waits to reconnect (or after its limit).
 //! - **ramp-down** stops every device, evenly over its duration.
 //!
 //! A close by churn or storm is the fleet's own: the device reconnects as after a loss (with
@@ -206,7 +206,9 @@ impl ShardCore {
             }
             StageKind::Storm { limit_ms } => {
                 limit_ms.is_some_and(|ms| since >= ms)
-                    || (self.shared.stats.counters.online >= self.phases.back_to && self.settled())
+                    || (self.shared.stats.counters.online >= self.phases.back_to
+                        && self.settled()
+                        && self.all_back())
             }
         }
     }
@@ -220,11 +222,23 @@ impl ShardCore {
                 .any(|s| s.device.phase() == Phase::ExpectTicket)
     }
 
+    /// No running device waiting to reconnect (a storm ends when all are back).
+    fn all_back(&self) -> bool {
+        !self.slots[..self.ramp.active() as usize]
+            .iter()
+            .any(|s| s.device.phase() == Phase::Backoff)
+    }
+
     fn end_phase(&mut self, i: usize, now: Tick, completed: bool) {
         self.refresh_phase(now);
         self.shared.stats.stages.phases[i].completed = completed;
         if let Some(s) = self.phases.search.take() {
-            self.shared.stats.stages.capacity = Some(s.capacity());
+            // The search is over: what it found stays, its rate no longer applies.
+            let found = s.capacity();
+            self.shared.stats.stages.capacity = Some(crate::stages::Capacity {
+                rate_now: 0.0,
+                ..found
+            });
         }
         self.phases.index = Some(i + 1);
         self.shared.stats.stages.current = i + 1;

@@ -229,6 +229,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_summary_shows_the_capacity_and_a_row_per_phase_and_the_status_the_phase() {
+        use crate::stages::{Capacity, Found, PhaseStats};
+        let mut s = ShardStats::default();
+        s.counters.ever_online = 10;
+        let mut ramp = PhaseStats::new("ramp", "ramp@auto");
+        ramp.ran = true;
+        ramp.completed = true;
+        ramp.duration_ms = 4_000;
+        ramp.counts.connects = 10;
+        ramp.counts.handshakes = 10;
+        ramp.online_at_end = 10;
+        ramp.handshake.record(12_000).unwrap();
+        let storm = PhaseStats::new("storm", "storm");
+        s.stages.phases = vec![ramp, storm];
+        s.stages.current = 1;
+        s.stages.capacity = Some(Capacity {
+            p99_target_ms: 500.0,
+            handshake: Some(Found {
+                per_sec: 48.5,
+                p99_ms: 310.0,
+                saturated: true,
+            }),
+            fast_connect: None,
+            rate_now: 0.0,
+        });
+        let report = RunReport::new(10, &s, std::time::Duration::from_secs(5));
+        let text = super::super::summary::render(&report, &[]);
+        for want in [
+            "capacity, handshakes ......... 48.5/s at p99 310.0ms",
+            "  phase           secs connects     hs   fast    t/o  online    hs p99  fast p99",
+            "    ramp           4.0      10     10      0      0      10    12.0ms         -",
+            "    storm          0.0       0      0      0      0       0         -         - (not run)",
+        ] {
+            assert!(text.contains(want), "no {want:?} in:\n{text}");
+        }
+        assert_eq!(
+            status(&s),
+            " phase storm capacity-handshakes 48/s@p99 310ms"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["stages"][0]["handshakes"], 10);
+        assert_eq!(json["capacity"]["handshake"]["per_sec"], 48.5);
+        // Without stages or a search, the report and the table are as they were.
+        let plain = RunReport::new(1, &ShardStats::default(), std::time::Duration::ZERO);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("stages").is_none() && json.get("capacity").is_none());
+    }
+
+    #[test]
     fn rates_parse() {
         assert_eq!("auto".parse(), Ok(RateArg::Auto));
         assert_eq!("250".parse(), Ok(RateArg::PerSec(250.0)));

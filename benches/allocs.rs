@@ -71,6 +71,7 @@ fn sim(devices: u32, sink: bool) -> Sim {
         sink,
         drain_timeout_ms: 10_000,
         admission: Default::default(),
+        plan: Default::default(),
     };
     let cfg = SimConfig {
         server: Arc::new(server),

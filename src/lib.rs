@@ -16,6 +16,8 @@
 //! - [`shard::core`]: [`ShardCore`](shard::core::ShardCore), a shard's logic: slots, devices,
 //!   one deadline heap, the ramp, ticket requests, sink backpressure, the turn's AES batch,
 //!   the graceful stop. Completions and time in, I/O to start out.
+//! - [`stages`]: a run as phases (ramp, hold, churn, storm, ramp down) and `--rate auto`'s
+//!   capacity search, both run by the shard core; the spec, per-phase figures, their merge.
 //! - [`sim`]: the in-memory pair, a `ShardCore` and the reference server's sessions on a
 //!   simulated network and clock: fleet scenarios in milliseconds, no sockets.
 //!
@@ -54,5 +56,6 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod sink;
+pub mod stages;
 pub mod stats;
 pub mod tickets;

@@ -336,6 +336,11 @@ fn kick_push_error_garbage_and_close_all_are_each_handled() {
     stop(bad);
 
     // A garbage frame to every connection: each device drops its connection and comes back.
+    // First the stopped fleets' connections must be gone from the server too (their closes
+    // reach it a moment after `stop` returns).
+    wait_server(&server, "only the fleet's 99 connections", |s| {
+        s.connections == 99
+    });
     let before = fleet.counters();
     assert_eq!(server.send_garbage(), 99);
     assert!(

@@ -97,8 +97,8 @@ step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.0.
 step "mpush-fleet run --server 127.0.0.1:3000 --devices 120000 --source 127.0.1.0/28" \
   mpush-fleet run --server "$server" --devices 20 --source 127.0.1.0/28 $short
 
-# The README's TOML example, pointed at the local server and shortened.
-awk '/^```toml$/{on=1; next} /^```/{on=0} on' README.md \
+# The README's TOML example (its first toml block), pointed at the local server and shortened.
+awk '/^```toml$/{n++; on=(n==1); next} /^```/{on=0} on' README.md \
   | sed -e "s|^server = .*|server = [\"$server\"]|" -e 's/^devices = .*/devices = 20/' \
         -e 's/^duration = .*/duration = "2s"/' -e "s|^report = .*|report = \"$work/toml.json\"|" \
   >"$work/fleet.toml"
@@ -137,6 +137,21 @@ for _ in $(seq 100); do grep -q '^mpush server listening on ' "$px_out" && break
 step "mpush-fleet serve --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081" \
   grep -q '^mpush server listening on ' "$px_out"
 kill -INT "$px_pid" 2>/dev/null || true; wait "$px_pid" 2>/dev/null || true
+
+# Stages: the README's plan in a short form, and its [[stage]] tables (the second toml block).
+step "mpush-fleet run --server host:3000 --stages 'ramp:10000@1000,hold:60s,churn:5%/s:30s,storm,hold:30s,ramp-down:20s'" \
+  mpush-fleet run --server "$server" --duration 60s \
+    --stages 'ramp:20@1000,hold:1s,churn:5%/s:1s,storm,hold:1s,ramp-down:1s'
+awk '/^```toml$/{n++; on=(n==2); next} /^```/{on=0} on' README.md \
+  | sed -e 's/^to = .*/to = 20/' -e 's/^for = .*/for = "1s"/' >"$work/stages.toml"
+echo "== the README's [[stage]] TOML example ($work/stages.toml)"
+if mpush-fleet run --server "$server" --config "$work/stages.toml" --duration 60s >"$log" 2>&1 \
+  && grep -q '"blip"' "$log"; then
+  echo "   ok"
+else
+  echo "FAILED: run --config with the README's [[stage]] example"; tail -n 30 "$log"
+  failures=$((failures + 1))
+fi
 
 step "mpush-fleet serve --listen 127.0.0.1:3000 --admin 127.0.0.1:3002" \
   grep -q '^\[ *[0-9.]*s\] connections ' "$serve_out"

@@ -42,9 +42,17 @@ pub struct RunArgs {
     /// How many devices this process runs.
     #[arg(long, default_value_t = 1000)]
     pub devices: u32,
-    /// New sessions per second across the fleet (0: as fast as possible).
-    #[arg(long, default_value_t = 1000.0)]
-    pub rate: f64,
+    /// New sessions per second across the fleet (0: as fast as possible), or `auto`: search
+    /// for the server's capacity (see `--auto-p99`).
+    #[arg(long, default_value = "1000")]
+    pub rate: super::phases::RateArg,
+    /// `--rate auto`'s target: the handshake and fast-connect p99 it keeps to, ms.
+    #[arg(long, default_value_t = 500.0, value_name = "MS")]
+    pub auto_p99: f64,
+    /// The run as phases, k6-style, e.g. `ramp:10000@1000,hold:60s,churn:5%/s:30s,storm,
+    /// ramp-down:20s` (TOML: `[[stage]]` tables); the run ends after the last. See README.
+    #[arg(long, value_name = "SPEC")]
+    pub stages: Option<String>,
     /// Run this long, then stop gracefully (`30s`, `5m`, `2h`, or seconds); without it,
     /// until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
@@ -242,6 +250,11 @@ pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
         .with_context(|| format!("parsing {}", path.display()))?;
     let mut merged: Vec<String> = vec!["run".into()];
     for (key, value) in &table {
+        if key == "stage" {
+            let spec = crate::stages::plan::from_toml(value).map_err(|e| anyhow::anyhow!(e))?;
+            merged.extend(["--stages".into(), spec]);
+            continue;
+        }
         let flag = format!("--{}", key.replace('_', "-"));
         let mut push = |v: &toml::Value| -> anyhow::Result<()> {
             match v {
@@ -295,9 +308,20 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         // The supervisor shows, serves, judges and writes for all its workers.
         (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
     } else if args.processes.is_some() {
+        if args.stages.is_some() || args.rate == super::phases::RateArg::Auto {
+            return Err(UsageError(
+                "--processes with --stages or --rate auto is not supported yet: the phases \
+                 and the capacity search run per process (give each process its own range \
+                 with --first-device)"
+                    .into(),
+            )
+            .into());
+        }
         return super::supervisor::run(args, &argv);
     }
     let mut link = args.worker.then(super::worker::Link::new);
+    let (plan, devices) = super::phases::plan_of(&args)?;
+    args.devices = devices;
     crate::shard::io_uring_available().map_err(|e| {
         anyhow::anyhow!(
             "io_uring is unavailable here ({e}); mpush-fleet's shards need it. \
@@ -329,8 +353,10 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     };
     let cfg = FleetConfig {
         sink: sink.as_ref().map(Sink::sender),
+        plan,
         ..cfg
     };
+    let stop_when_done = cfg.plan.stop_when_done;
     let to_stderr = args.worker || matches!(args.sink, Some(SinkSpec::Stdout));
     let mut out = Progress::new(devices, to_stderr);
     let stores = match &args.redis {
@@ -393,6 +419,9 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
                 break;
             }
+        }
+        if stop_when_done && fleet.stages_done() {
+            break;
         }
         if Instant::now() >= next_status && !args.worker {
             out.line(&status_line(devices, fleet.elapsed(), &fleet.stats()));
@@ -474,7 +503,7 @@ fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<
     let mut cfg = FleetConfig {
         devices: args.devices,
         first_device: args.first_device,
-        rate: args.rate,
+        rate: args.rate.per_sec(),
         servers,
         sources,
         seed: args.seed,
@@ -655,7 +684,7 @@ mod tests {
         let args = parsed(&["mpush-fleet", "run", "--config", file, "--devices", "9"]);
         assert_eq!(args.servers.len(), 2);
         assert_eq!(args.devices, 9, "the command line wins");
-        assert_eq!(args.rate, 7.5);
+        assert_eq!(args.rate, super::super::phases::RateArg::PerSec(7.5));
         assert_eq!(args.duration, Some(Duration::from_secs(120)));
         assert_eq!(args.device_id, "soak-{i}");
         assert!(args.reconnect_on_kick);

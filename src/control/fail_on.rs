@@ -10,11 +10,16 @@
 //! - `LATENCY.STAT OP Dunit`: a [`Latency`] by name and a [`Summary`] field, `p50`, `p90`,
 //!   `p99`, `p999` or `max`, with a unit `us`, `ms` or `s` (`handshake.p99>500ms`).
 //!
+//! - `PHASE.FIGURE OP N`, `PHASE.online OP P%`, `PHASE.LATENCY.STAT OP Dunit`: a figure of one
+//!   phase of `--stages` by its name (`storm.timeouts>0`, `churn.fast_connect.p99>1s`); the
+//!   figures are [`PhaseCounts::NAMES`], the latencies `handshake` and `fast_connect`.
+//!
 //! `OP` is `<`, `<=`, `>` or `>=`. Several thresholds: comma-separated or a repeated flag.
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::stages::PhaseCounts;
 use crate::stats::{Counters, Latency, Reading, ShardStats, Summary};
 
 /// A comparison.
@@ -90,6 +95,85 @@ pub enum Metric {
     ErrorCode(u8),
     /// A latency statistic, in milliseconds.
     Latency(Latency, Stat),
+    /// A figure of the phase of this name.
+    Phase(String, PhaseMetric),
+}
+
+/// What a phase threshold measures.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PhaseMetric {
+    /// A count ([`PhaseCounts::NAMES`]; `online` is the count at the phase's end).
+    Count(String),
+    /// `online` at the phase's end as a percentage of the fleet's devices.
+    Percent,
+    /// A latency statistic over the phase, in milliseconds.
+    Latency(Latency, Stat),
+}
+
+/// A latency and statistic by name, and the unit's scale to ms.
+fn latency_stat(lat: &str, stat: &str, unit: &str) -> Result<(Latency, Stat, f64), String> {
+    let lat = Latency::ALL
+        .into_iter()
+        .find(|l| l.name() == lat)
+        .ok_or_else(|| {
+            let names: Vec<_> = Latency::ALL.iter().map(|l| l.name()).collect();
+            format!("unknown latency {lat:?} (one of {})", names.join(", "))
+        })?;
+    let stat = Stat::parse(stat)
+        .ok_or_else(|| format!("unknown statistic {stat:?} (p50, p90, p99, p999, max)"))?;
+    let scale = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "" => return Err("a latency needs a unit: us, ms or s".into()),
+        u => return Err(format!("unknown unit {u:?} (us, ms, s)")),
+    };
+    Ok((lat, stat, scale))
+}
+
+/// `PHASE.REST` as a phase metric and the unit's scale.
+fn phase_metric(rest: &str, unit: &str) -> Result<(PhaseMetric, f64), String> {
+    if let Some((lat, stat)) = rest.split_once('.') {
+        if lat != "handshake" && lat != "fast_connect" {
+            return Err(format!(
+                "a phase has the latencies handshake and fast_connect, not {lat:?}"
+            ));
+        }
+        let (l, s, scale) = latency_stat(lat, stat, unit)?;
+        return Ok((PhaseMetric::Latency(l, s), scale));
+    }
+    if !PhaseCounts::NAMES.contains(&rest) {
+        return Err(format!(
+            "unknown phase figure {rest:?} (one of {})",
+            PhaseCounts::NAMES.join(", ")
+        ));
+    }
+    match unit {
+        "" => Ok((PhaseMetric::Count(rest.to_string()), 1.0)),
+        "%" if rest == "online" => Ok((PhaseMetric::Percent, 1.0)),
+        u => Err(format!("unit {u:?} makes no sense for {rest}")),
+    }
+}
+
+/// Checks that every phase a threshold names is one of `phases`.
+///
+/// # Errors
+///
+/// The first threshold naming another, as a message.
+pub fn check_phases(thresholds: &[Threshold], phases: &[&str]) -> Result<(), String> {
+    for t in thresholds {
+        if let Metric::Phase(name, _) = &t.metric {
+            if !phases.contains(&name.as_str()) {
+                let known = if phases.is_empty() {
+                    "this run has no --stages".to_string()
+                } else {
+                    format!("the phases are {}", phases.join(", "))
+                };
+                return Err(format!("--fail-on {t}: no phase named {name:?} ({known})"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One parsed `--fail-on` threshold: the run fails when `metric op limit` holds.
@@ -152,32 +236,20 @@ impl FromStr for Threshold {
         if !limit.is_finite() {
             return Err(err(format!("{num:?} is not a number")));
         }
-        let metric = if let Some((lat, stat)) = name.split_once('.').filter(|(l, _)| *l != "errors")
+        let is_latency = |l: &str| Latency::ALL.iter().any(|x| x.name() == l);
+        let metric = if let Some((lat, stat)) = name.split_once('.').filter(|(l, _)| is_latency(l))
         {
-            let lat = Latency::ALL
-                .into_iter()
-                .find(|l| l.name() == lat)
-                .ok_or_else(|| {
-                    let names: Vec<_> = Latency::ALL.iter().map(|l| l.name()).collect();
-                    err(format!(
-                        "unknown latency {lat:?} (one of {})",
-                        names.join(", ")
-                    ))
-                })?;
-            let stat = Stat::parse(stat).ok_or_else(|| {
-                err(format!(
-                    "unknown statistic {stat:?} (p50, p90, p99, p999, max)"
-                ))
-            })?;
-            let scale = match unit {
-                "us" => 0.001,
-                "ms" => 1.0,
-                "s" => 1000.0,
-                "" => return Err(err("a latency needs a unit: us, ms or s".into())),
-                u => return Err(err(format!("unknown unit {u:?} (us, ms, s)"))),
-            };
+            let (lat, stat, scale) = latency_stat(lat, stat, unit).map_err(err)?;
             return Ok(Threshold {
                 metric: Metric::Latency(lat, stat),
+                op,
+                limit: limit * scale,
+                text,
+            });
+        } else if let Some((phase, rest)) = name.split_once('.').filter(|(p, _)| *p != "errors") {
+            let (m, scale) = phase_metric(rest, unit).map_err(err)?;
+            return Ok(Threshold {
+                metric: Metric::Phase(phase.to_string(), m),
                 op,
                 limit: limit * scale,
                 text,
@@ -283,6 +355,7 @@ pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<
                     let v = s.of(&summary);
                     (v, format!("was {v:.3}ms over {} samples", summary.count))
                 }
+                Metric::Phase(name, m) => phase_value(stats, devices, name, m),
             };
             Verdict {
                 threshold: t.to_string(),
@@ -291,6 +364,39 @@ pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<
             }
         })
         .collect()
+}
+
+/// A phase figure and how it reads; a phase that did not run reads as zero, and says so.
+fn phase_value(stats: &ShardStats, devices: u32, name: &str, m: &PhaseMetric) -> (f64, String) {
+    let Some(p) = stats.stages.phase(name).filter(|p| p.ran) else {
+        return (0.0, format!("phase {name} did not run"));
+    };
+    match m {
+        PhaseMetric::Count(f) => {
+            let v = match f.as_str() {
+                "online" => p.online_at_end as f64,
+                f => p.counts.get(f).unwrap_or(0) as f64,
+            };
+            (v, format!("{name}.{f} was {v}"))
+        }
+        PhaseMetric::Percent => {
+            let pct = if devices == 0 {
+                100.0
+            } else {
+                100.0 * p.online_at_end as f64 / f64::from(devices)
+            };
+            (pct, format!("{name}.online was {pct:.3}%"))
+        }
+        PhaseMetric::Latency(l, s) => {
+            let h = match l {
+                Latency::FastConnect => &p.fast_connect,
+                _ => &p.handshake,
+            };
+            let summary = Summary::of(h);
+            let v = s.of(&summary);
+            (v, format!("was {v:.3}ms over {} samples", summary.count))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -374,6 +480,15 @@ mod tests {
             assert!(bad.parse::<Threshold>().is_err(), "{bad:?} parsed");
         }
         assert!(parse_list("online<99%,").is_err());
+        for bad in [
+            "storm.p99>1ms",
+            "storm.connect.p99>1ms",
+            "storm.handshake.p99>1",
+            "storm.timeouts>1%",
+            "storm.nope>0",
+        ] {
+            assert!(bad.parse::<Threshold>().is_err(), "{bad:?} parsed");
+        }
         let e = "handshake.p99>5".parse::<Threshold>().unwrap_err();
         assert!(e.to_string().contains("unit"), "{e}");
     }
@@ -411,5 +526,40 @@ mod tests {
             v[4]
         );
         assert!(evaluate(&list[1..2], 0, &ShardStats::default()).is_empty());
+    }
+
+    #[test]
+    fn a_threshold_names_a_phase_and_judges_its_figures() {
+        use crate::stages::PhaseStats;
+        let x = t("storm.timeouts>0");
+        assert_eq!(
+            x.metric,
+            Metric::Phase("storm".into(), PhaseMetric::Count("timeouts".into()))
+        );
+        assert_eq!(t("churn.fast_connect.p99>1s").limit, 1000.0);
+        assert_eq!(
+            t("ramp.online<100%").metric,
+            Metric::Phase("ramp".into(), PhaseMetric::Percent)
+        );
+        let list = parse_list("storm.timeouts>0,storm.online<100%,hold.errors>0").unwrap();
+        assert!(check_phases(&list, &["storm", "hold"]).is_ok());
+        let e = check_phases(&list, &["storm"]).unwrap_err();
+        assert!(e.contains("\"hold\"") && e.contains("hold.errors>0"), "{e}");
+        let mut s = ShardStats::default();
+        let mut storm = PhaseStats::new("storm", "storm");
+        storm.ran = true;
+        storm.counts.timeouts = 2;
+        storm.online_at_end = 9;
+        s.stages.phases.push(storm);
+        let v = evaluate(&list, 10, &s);
+        assert_eq!(
+            v,
+            [
+                "--fail-on storm.timeouts>0: storm.timeouts was 2",
+                "--fail-on storm.online<100%: storm.online was 90.000%"
+            ]
+        );
+        let verdicts = judge(&list, 10, &s);
+        assert_eq!(verdicts[2].actual, "phase hold did not run");
     }
 }

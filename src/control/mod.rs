@@ -13,6 +13,7 @@ pub mod cli;
 pub mod embedded;
 pub mod fail_on;
 pub mod merge;
+pub mod phases;
 pub mod report;
 pub mod summary;
 pub mod supervisor;
@@ -64,6 +65,8 @@ pub struct FleetConfig {
     pub admission: crate::shard::core::Admission,
     /// Which driver runs the shards' cores.
     pub driver: crate::shard::DriverKind,
+    /// The fleet's phases (`--stages`, `--rate auto`); each shard runs them on its share.
+    pub plan: crate::stages::Plan,
 }
 
 impl Default for FleetConfig {
@@ -84,6 +87,7 @@ impl Default for FleetConfig {
             drain_timeout: Duration::from_secs(10),
             admission: Default::default(),
             driver: Default::default(),
+            plan: Default::default(),
         }
     }
 }
@@ -180,6 +184,13 @@ impl Fleet {
                 drain_timeout: cfg.drain_timeout,
                 admission: shard_admission(&cfg.admission, share),
                 driver: cfg.driver,
+                plan: cfg.plan.for_shard(
+                    lo - cfg.first_device,
+                    hi - cfg.first_device,
+                    cfg.devices,
+                    share,
+                    cfg.rate,
+                ),
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
             let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())
@@ -230,6 +241,11 @@ impl Fleet {
         let mut total = ShardStats::default();
         self.latest.iter().for_each(|s| total.merge(s));
         total
+    }
+
+    /// Whether every shard finished its stages (false without stages).
+    pub fn stages_done(&self) -> bool {
+        self.latest.iter().all(|s| s.stages.done())
     }
 
     /// Counters only, cheaper than [`Fleet::stats`].

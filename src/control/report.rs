@@ -48,6 +48,12 @@ pub struct RunReport {
     /// Every latency histogram, base64 HDR V2 by name, so that reports merge exactly
     /// (`mpush-fleet report merge`).
     pub histograms: BTreeMap<&'static str, String>,
+    /// What `--rate auto` found: sessions/s and p99, for handshakes and fast connects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::stages::Capacity>,
+    /// Each phase of `--stages`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<super::phases::PhaseReport>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
@@ -123,6 +129,8 @@ impl RunReport {
             counters: c.clone(),
             process: None,
             histograms: stats.latencies.encode(),
+            capacity: stats.stages.capacity,
+            stages: super::phases::phase_reports(&stats.stages),
         }
     }
 }
@@ -152,6 +160,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         c.acks_sent,
         c.reconnects,
     );
+    line.push_str(&super::phases::status(stats));
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }

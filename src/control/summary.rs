@@ -148,6 +148,7 @@ pub fn render(report: &RunReport, verdicts: &[Verdict]) -> String {
         }
     }
     latency_rows(&mut t, report);
+    super::phases::render(&mut t, report);
     if !verdicts.is_empty() {
         t.line("  thresholds (--fail-on: the run fails when one holds)");
         for v in verdicts {

@@ -33,7 +33,7 @@ impl Device {
     /// connect result, a close after the device already gave the connection up) are ignored.
     pub fn handle_event(&mut self, now: Now, sh: &mut Shared, event: Event) {
         match (&mut self.state, event) {
-            (State::Idle, Event::Start) => {
+            (State::Idle | State::Stopped(Down { close: None }), Event::Start) => {
                 sh.stats.counters.devices_started += 1;
                 self.begin();
             }
@@ -55,6 +55,10 @@ impl Device {
             }
             (state, Event::Closed) if state.is_connected() => {
                 sh.stats.counters.peer_closed += 1;
+                self.connection_down(sh);
+                self.schedule_reconnect(now, sh, None);
+            }
+            (state, Event::Drop) if state.is_connected() => {
                 self.connection_down(sh);
                 self.schedule_reconnect(now, sh, None);
             }

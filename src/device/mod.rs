@@ -128,8 +128,12 @@ pub enum Event {
     Closed,
     /// The push sink took the push with this id (BIZ_ACK pushes are acked only now).
     SinkTook(MsgId),
-    /// Graceful stop: close the connection and stay down.
+    /// Graceful stop: close the connection and stay down (a later [`Event::Start`] begins
+    /// again: a ramp after a ramp down).
     Stop,
+    /// The shell dropped the connection on purpose (a churn or storm phase): reconnect as
+    /// after a loss, but not counted as the peer's close.
+    Drop,
 }
 
 /// What a device asks its shell to do.

@@ -60,6 +60,8 @@ pub struct ShardConfig {
     pub drain_timeout: Duration,
     /// The shard's admission window and retry budget.
     pub admission: core::Admission,
+    /// The shard's phases (its share of each ramp).
+    pub plan: crate::stages::Plan,
     /// Which driver runs the core.
     pub driver: DriverKind,
 }

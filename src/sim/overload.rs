@@ -24,6 +24,7 @@ fn fleet(devices: u32, rate: f64) -> CoreConfig {
             max_pending: 256,
             ..Admission::default()
         },
+        plan: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ fn core_cfg(devices: u32) -> CoreConfig {
         sink: false,
         drain_timeout_ms: 10_000,
         admission: Default::default(),
+        plan: Default::default(),
     }
 }
 

@@ -56,7 +56,11 @@ impl WebhookSpec {
         }
         // The host part ends at a bracketed IPv6 address's `]`, else at the first `:`.
         let host_end = if authority.starts_with('[') {
-            authority.find(']').map_or(authority.len(), |i| i + 1)
+            // A bracketed host is an IPv6 address, whole.
+            match authority.find(']') {
+                Some(i) if authority[1..i].parse::<std::net::Ipv6Addr>().is_ok() => i + 1,
+                _ => return Err(format!("{authority:?}: bad IPv6 address")),
+            }
         } else {
             authority.find(':').unwrap_or(authority.len())
         };
@@ -196,6 +200,9 @@ mod tests {
             "http://h/#inflight=0",
             "http://h/#inflight=x",
             "http://h/#other",
+            "http://[",
+            "http://[::1",
+            "http://[zz]:80/",
         ] {
             assert!(WebhookSpec::parse(bad).is_err(), "{bad:?}");
         }

@@ -115,6 +115,8 @@ pub struct ShardStats {
     pub counters: Counters,
     /// Latency histograms.
     pub latencies: Latencies,
+    /// Per-phase figures and the capacity search's findings (empty without stages).
+    pub stages: crate::stages::StageStats,
 }
 
 impl ShardStats {
@@ -122,6 +124,7 @@ impl ShardStats {
     pub fn merge(&mut self, other: &ShardStats) {
         self.counters.merge(&other.counters);
         self.latencies.merge(&other.latencies);
+        self.stages.merge(&other.stages);
     }
 }
 

@@ -102,7 +102,7 @@ pub fn run(args: RunArgs, argv: &[String]) -> anyhow::Result<u8> {
     let (tx, events) = crossbeam_channel::unbounded();
     let mut slots: Vec<Slot> = Vec::with_capacity(n);
     for s in &slices {
-        let wargs = plan::worker_args(&run_args, s, args.rate / n as f64, shards);
+        let wargs = plan::worker_args(&run_args, s, args.rate.per_sec() / n as f64, shards);
         match Worker::spawn(&exe, &wargs, *s, tx.clone()) {
             Ok(worker) => {
                 let now = Instant::now();
@@ -241,9 +241,11 @@ fn take(slots: &mut [Slot], ev: Event, failures: &mut Vec<String>) {
             },
         ) => match Latencies::decode(histograms.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
             Ok(latencies) => {
+                // No phases: `--processes` refuses `--stages` and `--rate auto`.
                 s.stats = ShardStats {
                     counters: *counters,
                     latencies,
+                    stages: Default::default(),
                 }
             }
             Err(e) => fail(

@@ -116,6 +116,11 @@ impl Gate {
     pub(super) fn pending(&self) -> u32 {
         self.pending
     }
+
+    /// Nobody in the window and nobody waiting for it.
+    pub(super) fn idle(&self) -> bool {
+        self.pending == 0 && self.waiting.is_empty()
+    }
 }
 
 impl ShardCore {

@@ -32,8 +32,10 @@
 mod admit;
 mod drive;
 mod io;
+mod phases;
 mod ramp;
 mod read;
+mod search;
 mod sink;
 mod stop;
 mod timers;
@@ -88,6 +90,8 @@ pub struct CoreConfig {
     pub drain_timeout_ms: u64,
     /// The admission window and the retry budget.
     pub admission: Admission,
+    /// The phases to run (empty: the ramp at `rate_per_sec`, then running until stopped).
+    pub plan: crate::stages::Plan,
 }
 
 /// One device and its connection.
@@ -139,6 +143,7 @@ pub struct ShardCore {
     sink: SinkQueue,
     gate: Gate,
     stop: Stop,
+    phases: phases::Phases,
     next_server: usize,
     next_source: usize,
     writes_in_flight: u64,
@@ -159,10 +164,18 @@ impl ShardCore {
                 connected_before: false,
             })
             .collect();
+        let mut shared = Shared::new(cfg.device.clone(), cfg.seed);
+        shared.stats.stages.phases = phases::stage_stats(&cfg.plan);
+        // With a plan, its phases move the ramp.
+        let first = if cfg.plan.stages.is_empty() {
+            cfg.devices
+        } else {
+            0
+        };
         ShardCore {
-            shared: Shared::new(cfg.device.clone(), cfg.seed),
+            shared,
             decoder: FrameDecoder::new(cfg.device.limits.max_body),
-            ramp: Ramp::new(cfg.devices, cfg.rate_per_sec),
+            ramp: Ramp::new(first, cfg.rate_per_sec),
             slots,
             timers: Timers::default(),
             now,
@@ -176,6 +189,7 @@ impl ShardCore {
             sink: SinkQueue::default(),
             gate: Gate::new(cfg.admission, cfg.devices),
             stop: Stop::Running,
+            phases: Default::default(),
             next_server: 0,
             next_source: 0,
             writes_in_flight: 0,
@@ -290,9 +304,7 @@ impl ShardCore {
             s.device.handle_timeout(now, &mut self.shared);
             self.drive(slot);
         }
-        for slot in self.ramp.due(tick) {
-            self.event(slot, Event::Start);
-        }
+        self.run_stages(tick);
         self.admit_waiting();
         self.sink.full = false;
         self.resume_drained();
@@ -330,6 +342,7 @@ impl ShardCore {
         };
         at(self.ramp.next_start(now));
         at(self.gate.next_token(now));
+        at(self.stages_next(now));
         if !self.sink.backlog.is_empty() {
             at(Some(now.after(SINK_RETRY_MS)));
         }

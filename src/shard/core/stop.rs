@@ -26,6 +26,7 @@ impl ShardCore {
             return;
         }
         self.ramp.stop();
+        self.halt_stages(now.tick());
         self.shared.stats.counters.draining_shards = 1;
         self.stop = Stop::Draining {
             until: now.tick().after(self.cfg.drain_timeout_ms),

@@ -20,6 +20,7 @@ fn core(devices: u32) -> ShardCore {
         sink: false,
         drain_timeout_ms: 1_000,
         admission: Default::default(),
+        plan: Default::default(),
     };
     ShardCore::new(cfg, at(0))
 }

@@ -108,6 +108,7 @@ pub(super) fn run(
         sink: cfg.sink.is_some(),
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
+        plan: cfg.plan.clone(),
     };
     let slots = core_cfg.devices;
     let mut d = Driver {

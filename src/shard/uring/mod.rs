@@ -58,6 +58,7 @@ pub(super) async fn run(
         sink: cfg.sink.is_some(),
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
+        plan: cfg.plan.clone(),
     };
     let mut d = Driver {
         core: ShardCore::new(core_cfg, now(epoch)),

@@ -209,6 +209,15 @@ impl ShardCore {
         &self.cfg
     }
 
+    /// New server endpoints (resolved or discovered by the control plane): connects from now
+    /// on go round these. An empty list is ignored (the core keeps the last).
+    pub fn set_servers(&mut self, servers: Vec<SocketAddr>) {
+        if !servers.is_empty() && servers != self.cfg.servers {
+            self.cfg.servers = servers;
+            self.next_server = 0;
+        }
+    }
+
     // ----- input -----
 
     /// The TCP connection `conn` is up.

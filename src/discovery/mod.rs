@@ -1,0 +1,24 @@
+//! Finding the servers: host names resolved (and resolved again when connects fail), and
+//! MPUSH's ZooKeeper registry (PROTOCOL.md 10) read, watched and written.
+//!
+//! - [`Endpoint`]: `HOST:PORT` as given, resolved to every address the name has.
+//! - [`spread`]: servers and weights to the rotation a shard goes round.
+//! - [`zk`]: the ZooKeeper session (namespace, digest credentials), listing and watching a
+//!   cluster's children, a server's own ephemeral registration.
+//! - [`ServerSource`]: the control plane's current server list, kept up to date on a thread
+//!   of its own; the control plane hands changes to shards as commands. Nothing here runs on
+//!   a shard: shards get addresses, never names.
+//!   servers.
+
+pub mod args;
+pub mod endpoint;
+pub mod node;
+pub mod source;
+pub mod spread;
+pub mod zk;
+
+pub use args::{DiscoverArgs, ZkArgs};
+pub use endpoint::{Endpoint, EndpointError};
+pub use node::ServerNode;
+pub use source::{ServerSource, Spec, StartError};
+pub use spread::Weighted;

@@ -15,7 +15,7 @@ enum Commands {
     /// Run a device fleet (against the embedded reference server unless --server is given).
     Run(Box<mpush_fleet::control::cli::RunArgs>),
     /// Run the reference MPUSH server until Ctrl-C.
-    Serve(mpush_fleet::server::ServeArgs),
+    Serve(Box<mpush_fleet::server::ServeArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,12 +23,13 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn")
+            }),
         )
         .init();
     let outcome = match Cli::parse().command {
-        Commands::Serve(args) => mpush_fleet::server::serve_main(args).map(|()| 0),
+        Commands::Serve(args) => mpush_fleet::server::serve_main(*args).map(|()| 0),
         Commands::Run(args) => mpush_fleet::control::cli::run_main(*args),
     };
     match outcome {

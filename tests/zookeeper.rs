@@ -151,6 +151,7 @@ fn fleet_follows_servers_joining_and_leaving_zookeeper() {
             && n(&s[1], "connections") > 0
     });
     let on_a = n(&before[0], "connections");
+    let a_addr = a.addr;
     let b_handshakes = n(&before[1], "handshakes");
 
     // A stops: it deregisters, closes, and its devices come back on B by fast connect.
@@ -208,5 +209,16 @@ fn fleet_follows_servers_joining_and_leaving_zookeeper() {
         run.err_lines
     );
     assert_eq!(json["ever_online"], DEVICES, "{json}");
+    // Per server: connects went to all three, the devices online at the stop were on B and
+    // C, and A's figures stay in the report.
+    let by = &json["servers"];
+    for s in [&a_addr, &b.addr, &c.addr] {
+        assert!(n(&by[s.to_string()], "connects") > 0, "{s}: {by}");
+    }
+    let online = |s: &SocketAddr| by[s.to_string()]["online"].as_i64().unwrap();
+    assert_eq!(online(&a_addr), 0, "{by}");
+    let total = json["online"].as_i64().unwrap();
+    assert_eq!(online(&b.addr) + online(&c.addr), total, "{by}");
+    assert!(online(&c.addr) > 0, "{by}");
     drop((b, c));
 }

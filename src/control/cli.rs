@@ -406,6 +406,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     }
     fleet.poll(Duration::ZERO);
     let online_before_stop = fleet.counters().online;
+    let servers_before_stop = fleet.stats().servers.by_name();
     let rss_online = ProcessCost::now().map(|p| p.rss_bytes_online);
     let result = fleet.stop()?;
     out.finish();
@@ -420,6 +421,9 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
+    for (name, f) in &mut report.servers {
+        f.online = servers_before_stop.get(name).map_or(0, |b| b.online);
+    }
     report.process = ProcessCost::now().map(|p| ProcessCost {
         rss_bytes_online: rss_online.unwrap_or(p.rss_bytes_online),
         ..p

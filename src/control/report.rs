@@ -42,6 +42,8 @@ pub struct RunReport {
     pub counters: Counters,
     /// What this process cost (Linux `/proc/self`); `None` where it cannot be read.
     pub process: Option<ProcessCost>,
+    /// Connects, online devices and errors by server address (`HOST:PORT`).
+    pub servers: BTreeMap<String, crate::stats::servers::ServerFigures>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
@@ -115,6 +117,7 @@ impl RunReport {
                 .collect(),
             counters: c.clone(),
             process: None,
+            servers: stats.servers.by_name(),
         }
     }
 }
@@ -147,6 +150,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }
+    line.push_str(&stats.servers.status());
     let errors = error_names(c);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -525,4 +525,6 @@ impl Sim {
 #[cfg(test)]
 mod overload;
 #[cfg(test)]
+mod servers_tests;
+#[cfg(test)]
 mod tests;

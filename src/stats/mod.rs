@@ -7,6 +7,7 @@
 
 mod counters;
 pub mod prometheus;
+pub mod servers;
 
 pub use counters::{Counters, Field, Kind, Reading};
 
@@ -114,6 +115,8 @@ pub struct ShardStats {
     pub counters: Counters,
     /// Latency histograms.
     pub latencies: Latencies,
+    /// Connects, online devices and errors by server.
+    pub servers: servers::ByServer,
 }
 
 impl ShardStats {
@@ -121,6 +124,7 @@ impl ShardStats {
     pub fn merge(&mut self, other: &ShardStats) {
         self.counters.merge(&other.counters);
         self.latencies.merge(&other.latencies);
+        self.servers.merge(&other.servers);
     }
 }
 

@@ -30,6 +30,7 @@
 //! - Time is u64 milliseconds: nothing saturates or wraps.
 
 mod admit;
+mod by_server;
 mod drive;
 mod io;
 mod ramp;
@@ -105,6 +106,8 @@ struct Slot {
     admit: Admit,
     /// Whether the device connected before (its next connect is a retry).
     connected_before: bool,
+    /// Index of its latest connect's server in `server_table`.
+    server: u16,
 }
 
 /// A device's output of this turn that holds frames to encrypt in the turn's batch.
@@ -142,6 +145,10 @@ pub struct ShardCore {
     next_server: usize,
     next_source: usize,
     writes_in_flight: u64,
+    /// Every server address connected to, for per-server figures.
+    server_table: Vec<SocketAddr>,
+    /// Device-driven counters at the end of the last drive.
+    seen: by_server::Seen,
 }
 
 impl ShardCore {
@@ -157,6 +164,7 @@ impl ShardCore {
                 sealing: None,
                 admit: Admit::Idle,
                 connected_before: false,
+                server: by_server::NO_SERVER,
             })
             .collect();
         ShardCore {
@@ -179,6 +187,8 @@ impl ShardCore {
             next_server: 0,
             next_source: 0,
             writes_in_flight: 0,
+            server_table: Vec::new(),
+            seen: by_server::Seen::default(),
             cfg,
         }
     }

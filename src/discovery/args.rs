@@ -2,8 +2,9 @@
 
 use super::zk::{ZkConfig, DEFAULT_DIGEST, DEFAULT_NAMESPACE};
 
-/// Flags naming the ZooKeeper ensemble; defaults as the real server's `mp.zk.*`.
-#[derive(clap::Args, Debug, Clone, Default)]
+/// Flags naming the ZooKeeper ensemble; defaults as the real server's `mp.zk.*`. `Debug`
+/// leaves the credentials out.
+#[derive(clap::Args, Clone, Default)]
 pub struct ZkArgs {
     /// ZooKeeper ensemble where the MPUSH servers register (`mp.zk.server-address`):
     /// `HOST:PORT[,HOST:PORT...]`.
@@ -16,6 +17,16 @@ pub struct ZkArgs {
     #[arg(long, value_name = "CREDENTIALS", env = "MPUSH_ZK_DIGEST", hide_env_values = true,
           hide_default_value = true, default_value = DEFAULT_DIGEST)]
     pub zk_digest: String,
+}
+
+impl std::fmt::Debug for ZkArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkArgs")
+            .field("zookeeper", &self.zookeeper)
+            .field("zk_namespace", &self.zk_namespace)
+            .field("zk_digest", &"<redacted>")
+            .finish()
+    }
 }
 
 impl ZkArgs {

@@ -32,6 +32,9 @@
 //!   acceptance that lets a BIZ_ACK push be acked upstream.
 //! - [`control`]: the CLI, configuration, shard start-up, status, report and exit code. It
 //!   talks to shards only over crossbeam channels.
+//! - [`discovery`]: where the servers are: `--server` names resolved (and resolved again
+//!   when connects fail), MPUSH's ZooKeeper registry listed and watched, `serve`'s own
+//!   registration. It runs on a thread of the control plane's; shards get addresses only.
 //! - [`stats`]: per-shard counters (one table: names, kinds, merge) and HDR histograms,
 //!   merged by the control plane; their Prometheus text. No sockets.
 //! - [`gateway`]: the MPUSH gateway client (an app server's push path, PROTOCOL.md 8): the
@@ -49,6 +52,7 @@
 pub mod control;
 pub mod crypto;
 pub mod device;
+pub mod discovery;
 pub mod gateway;
 pub mod http;
 pub mod proto;

@@ -21,6 +21,7 @@ use super::summary;
 use super::{memory_stores, Fleet, FleetConfig};
 use crate::crypto::RsaEncryptor;
 use crate::device::{DeviceConfig, Template};
+use crate::discovery::{DiscoverArgs, Endpoint, ServerSource, StartError};
 use crate::http::metrics::serve_metrics;
 use crate::sink::{Sink, SinkSpec};
 use crate::stats::{Counters, ShardStats};
@@ -35,10 +36,18 @@ pub struct RunArgs {
     /// TOML file with any of these flags as keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Server endpoint (repeatable, used round-robin). Without it, `run` starts the reference
-    /// server in-process on loopback and runs against it.
-    #[arg(long = "server", value_name = "HOST:PORT")]
-    pub servers: Vec<SocketAddr>,
+    /// Server endpoint (repeatable, used round-robin; a name is resolved to all its addresses
+    /// at start and again when connects fail). Without it or --zookeeper, `run` starts the
+    /// reference server in-process on loopback and runs against it.
+    #[arg(
+        long = "server",
+        value_name = "HOST:PORT",
+        conflicts_with = "zookeeper"
+    )]
+    pub servers: Vec<Endpoint>,
+    /// Finding the servers in ZooKeeper instead (`--zookeeper`, ...).
+    #[command(flatten)]
+    pub discover: DiscoverArgs,
     /// How many devices this process runs.
     #[arg(long, default_value_t = 1000)]
     pub devices: u32,
@@ -304,6 +313,8 @@ pub struct UsageError(pub String);
 pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let argv: Vec<String> = std::env::args().collect();
     let mut args = merge_config(args, &argv).map_err(|e| UsageError(format!("{e:#}")))?;
+    // Usage first: a name that does not resolve is one.
+    let spec = args.discover.spec(&args.servers).map_err(UsageError)?;
     if args.worker {
         // The supervisor shows, serves, judges and writes for all its workers.
         (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
@@ -322,6 +333,14 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let mut link = args.worker.then(super::worker::Link::new);
     let (plan, devices) = super::phases::plan_of(&args)?;
     args.devices = devices;
+    let embedded = spec.is_none();
+    let mut source = match spec {
+        Some(spec) => Some(ServerSource::start(spec).map_err(|e| match e {
+            StartError::Unresolvable { .. } => anyhow::Error::from(UsageError(e.to_string())),
+            StartError::Discovery(_) => e.into(),
+        })?),
+        None => None,
+    };
     crate::shard::io_uring_available().map_err(|e| {
         anyhow::anyhow!(
             "io_uring is unavailable here ({e}); mpush-fleet's shards need it. \
@@ -329,7 +348,6 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
              a container that allows io_uring_setup"
         )
     })?;
-    let embedded = args.servers.is_empty();
     let limit = check_descriptors(args.devices)?;
     let server = if embedded {
         let redis = args.redis.as_deref();
@@ -342,7 +360,12 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let cfg = fleet_config(&args, server.as_ref().map(Embedded::addr))?;
+    let servers = match (&server, &source) {
+        (Some(embedded), _) => vec![embedded.addr()],
+        (None, Some(source)) => source.rotation(),
+        (None, None) => Vec::new(),
+    };
+    let cfg = fleet_config(&args, servers)?;
     let devices = cfg.devices;
     let cfg_binds = cfg.device.bind;
     let sink = match &args.sink {
@@ -399,6 +422,16 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     loop {
         fleet.poll(Duration::from_millis(100));
+        if let Some(source) = &mut source {
+            source.connects_failed(fleet.counters().connect_failures);
+            if let Some(servers) = source.poll() {
+                fleet.set_servers(&servers);
+                tracing::info!(
+                    "servers now: {}",
+                    crate::discovery::spread::describe(&servers)
+                );
+            }
+        }
         if metrics.is_some() {
             *latest.lock().unwrap_or_else(PoisonError::into_inner) = fleet.stats();
         }
@@ -430,6 +463,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     }
     fleet.poll(Duration::ZERO);
     let online_before_stop = fleet.counters().online;
+    let servers_before_stop = fleet.stats().servers.by_name();
     let rss_online = ProcessCost::now().map(|p| p.rss_bytes_online);
     let result = fleet.stop()?;
     out.finish();
@@ -445,6 +479,9 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     report.first_device = args.first_device;
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
+    for (name, f) in &mut report.servers {
+        f.online = servers_before_stop.get(name).map_or(0, |b| b.online);
+    }
     report.process = ProcessCost::now().map(|p| ProcessCost {
         rss_bytes_online: rss_online.unwrap_or(p.rss_bytes_online),
         ..p
@@ -489,15 +526,11 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn fleet_config(args: &RunArgs, embedded: Option<SocketAddr>) -> anyhow::Result<FleetConfig> {
+fn fleet_config(args: &RunArgs, servers: Vec<SocketAddr>) -> anyhow::Result<FleetConfig> {
     let rsa = match &args.public_key {
         Some(b64) => RsaEncryptor::from_spki_base64(b64)
             .map_err(|e| UsageError(format!("--public-key: {e}")))?,
         None => RsaEncryptor::mpush_default(),
-    };
-    let servers = match embedded {
-        Some(addr) => vec![addr],
-        None => args.servers.clone(),
     };
     let sources = expand_sources(&args.sources).map_err(|e| UsageError(format!("{e:#}")))?;
     let mut cfg = FleetConfig {

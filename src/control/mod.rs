@@ -271,6 +271,18 @@ impl Fleet {
         }
     }
 
+    /// Hands a new server rotation to every shard (each rotated, as at start); connects from
+    /// then on use it. An empty list changes nothing.
+    pub fn set_servers(&mut self, servers: &[SocketAddr]) {
+        if servers.is_empty() {
+            return;
+        }
+        for (id, s) in self.shards.iter().enumerate() {
+            let _ = s.commands.send(Command::Servers(rotate(servers, id)));
+        }
+        self.cfg.servers = servers.to_vec();
+    }
+
     /// Begins a graceful stop without waiting: shards stop starting devices and reading new
     /// pushes, and drain the sink. [`Fleet::stop`] then waits for them.
     pub fn begin_stop(&self) {

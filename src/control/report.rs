@@ -54,6 +54,8 @@ pub struct RunReport {
     /// Each phase of `--stages`, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<super::phases::PhaseReport>,
+    /// Connects, online devices and errors by server address (`HOST:PORT`).
+    pub servers: BTreeMap<String, crate::stats::servers::ServerFigures>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
@@ -131,6 +133,7 @@ impl RunReport {
             histograms: stats.latencies.encode(),
             capacity: stats.stages.capacity,
             stages: super::phases::phase_reports(&stats.stages),
+            servers: stats.servers.by_name(),
         }
     }
 }
@@ -164,6 +167,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }
+    line.push_str(&stats.servers.status());
     let errors = error_names(c);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// of memory: `redis://HOST:PORT/DB`, `redis-cluster://...` or `redis-sentinel://...`.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Registering in ZooKeeper as the real server does (`--zookeeper`, ...).
+    #[command(flatten)]
+    pub register: crate::discovery::RegisterArgs,
 }
 
 impl ServeArgs {
@@ -224,6 +227,21 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
             cap.handshakes_per_sec, cap.fast_connects_per_sec, cap.burst
         );
     }
+    let plan = args
+        .register
+        .plan(server.local_addr())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let registration = match plan {
+        Some((zk, node)) => {
+            let namespace = zk.namespace.clone();
+            let r = rt
+                .block_on(crate::discovery::Registration::start(zk, node))
+                .context("registering in ZooKeeper")?;
+            println!("registered in ZooKeeper as /{namespace}{}", r.path());
+            Some(r)
+        }
+        None => None,
+    };
     let started = std::time::Instant::now();
     let every = std::time::Duration::from_secs_f64(args.status_every.max(0.1));
     rt.block_on(status::lines_until(
@@ -233,6 +251,11 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         stop,
     ));
     println!("shutting down");
+    // Deregistered first, so fleets stop sending connects before the listener closes.
+    if let Some(r) = registration {
+        rt.block_on(r.stop());
+        println!("deregistered from ZooKeeper");
+    }
     let stats = server.stats();
     server.shutdown();
     if !args.quiet {

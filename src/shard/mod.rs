@@ -83,6 +83,9 @@ pub enum DriverKind {
 pub enum Command {
     /// Close every session gracefully, report, and end.
     Stop,
+    /// Connect from now on to these servers, round-robin (names re-resolved or servers
+    /// discovered by the control plane).
+    Servers(Vec<SocketAddr>),
 }
 
 /// What a shard tells the control plane.

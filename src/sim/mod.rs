@@ -525,6 +525,8 @@ impl Sim {
 #[cfg(test)]
 mod overload;
 #[cfg(test)]
+mod servers_tests;
+#[cfg(test)]
 mod stages;
 #[cfg(test)]
 mod tests;

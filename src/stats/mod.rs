@@ -8,6 +8,7 @@
 mod counters;
 pub mod hdr;
 pub mod prometheus;
+pub mod servers;
 
 pub use counters::{Counters, Field, Kind, Reading};
 
@@ -117,6 +118,8 @@ pub struct ShardStats {
     pub latencies: Latencies,
     /// Per-phase figures and the capacity search's findings (empty without stages).
     pub stages: crate::stages::StageStats,
+    /// Connects, online devices and errors by server.
+    pub servers: servers::ByServer,
 }
 
 impl ShardStats {
@@ -125,6 +128,7 @@ impl ShardStats {
         self.counters.merge(&other.counters);
         self.latencies.merge(&other.latencies);
         self.stages.merge(&other.stages);
+        self.servers.merge(&other.servers);
     }
 }
 

@@ -246,6 +246,7 @@ fn take(slots: &mut [Slot], ev: Event, failures: &mut Vec<String>) {
                     counters: *counters,
                     latencies,
                     stages: Default::default(),
+                    servers: Default::default(),
                 }
             }
             Err(e) => fail(

@@ -13,6 +13,7 @@ use crate::device::{Effect, Event, Transmit};
 impl ShardCore {
     /// Pulls everything one input produced out of the device in `slot`.
     pub(super) fn drive(&mut self, slot: u32) {
+        let server = self.slots[slot as usize].server;
         self.drive_transmit(slot);
         let s = &mut self.slots[slot as usize];
         let deadline = s.device.poll_timeout();
@@ -21,6 +22,7 @@ impl ShardCore {
             self.apply(slot, effect);
         }
         self.update_admission(slot);
+        self.attribute(server);
     }
 
     /// Output without frames to seal is written at once; output with some waits for the
@@ -114,7 +116,10 @@ impl ShardCore {
     /// Opens a connection for the device in `slot` (the admission window let it through).
     pub(super) fn start_connect(&mut self, slot: u32) {
         let (src, dst) = self.server_for_connect();
+        let server = self.server_index(dst);
+        self.shared.stats.servers.entry(dst).connects += 1;
         let s = &mut self.slots[slot as usize];
+        s.server = server;
         s.gen = s.gen.wrapping_add(1);
         let conn = ConnId { slot, gen: s.gen };
         // Counted here, not when the device asked: a connect waiting for the window or the

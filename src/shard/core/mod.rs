@@ -30,6 +30,7 @@
 //! - Time is u64 milliseconds: nothing saturates or wraps.
 
 mod admit;
+mod by_server;
 mod drive;
 mod io;
 mod phases;
@@ -109,6 +110,8 @@ struct Slot {
     admit: Admit,
     /// Whether the device connected before (its next connect is a retry).
     connected_before: bool,
+    /// Index of its latest connect's server in `server_table`.
+    server: u16,
 }
 
 /// A device's output of this turn that holds frames to encrypt in the turn's batch.
@@ -147,6 +150,10 @@ pub struct ShardCore {
     next_server: usize,
     next_source: usize,
     writes_in_flight: u64,
+    /// Every server address connected to, for per-server figures.
+    server_table: Vec<SocketAddr>,
+    /// Device-driven counters at the end of the last drive.
+    seen: by_server::Seen,
 }
 
 impl ShardCore {
@@ -162,6 +169,7 @@ impl ShardCore {
                 sealing: None,
                 admit: Admit::Idle,
                 connected_before: false,
+                server: by_server::NO_SERVER,
             })
             .collect();
         let mut shared = Shared::new(cfg.device.clone(), cfg.seed);
@@ -193,6 +201,8 @@ impl ShardCore {
             next_server: 0,
             next_source: 0,
             writes_in_flight: 0,
+            server_table: Vec::new(),
+            seen: by_server::Seen::default(),
             cfg,
         }
     }
@@ -221,6 +231,15 @@ impl ShardCore {
     /// The configuration.
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// New server endpoints (resolved or discovered by the control plane): connects from now
+    /// on go round these. An empty list is ignored (the core keeps the last).
+    pub fn set_servers(&mut self, servers: Vec<SocketAddr>) {
+        if !servers.is_empty() && servers != self.cfg.servers {
+            self.cfg.servers = servers;
+            self.next_server = 0;
+        }
     }
 
     // ----- input -----

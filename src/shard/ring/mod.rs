@@ -159,6 +159,7 @@ impl Driver {
             while let Ok(cmd) = commands.try_recv() {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
+                    Command::Servers(servers) => self.core.set_servers(servers),
                 }
             }
             self.ring.reap(&mut cqes);

@@ -99,6 +99,7 @@ impl Driver {
             while let Ok(cmd) = commands.try_recv() {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
+                    Command::Servers(servers) => self.core.set_servers(servers),
                 }
             }
             self.feed(now);

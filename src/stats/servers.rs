@@ -1,0 +1,101 @@
+//! Figures per server: where a shard's connects went, how many of its devices are online on
+//! each server now, and the errors each server's sessions had.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// One server's figures, as one shard saw them (or, merged, the fleet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServerFigures {
+    /// TCP connects attempted to it.
+    pub connects: u64,
+    /// Of those, connects that failed or timed out.
+    pub connect_failures: u64,
+    /// Devices online on it now (handshake or fast connect done, connection up).
+    pub online: i64,
+    /// Errors of sessions on it: ERROR replies, undecodable frames, request and read
+    /// timeouts.
+    pub errors: u64,
+}
+
+impl ServerFigures {
+    fn merge(&mut self, o: &ServerFigures) {
+        self.connects += o.connects;
+        self.connect_failures += o.connect_failures;
+        self.online += o.online;
+        self.errors += o.errors;
+    }
+}
+
+/// Figures by server address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByServer(pub BTreeMap<SocketAddr, ServerFigures>);
+
+impl ByServer {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &ByServer) {
+        for (addr, f) in &other.0 {
+            self.0.entry(*addr).or_default().merge(f);
+        }
+    }
+
+    /// The figures of `addr`, created empty.
+    pub fn entry(&mut self, addr: SocketAddr) -> &mut ServerFigures {
+        self.0.entry(addr).or_default()
+    }
+
+    /// `addr=connects/online/errors ...` for a status line; empty with fewer than two
+    /// servers (the line's totals say it all then).
+    pub fn status(&self) -> String {
+        if self.0.len() < 2 {
+            return String::new();
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(a, f)| {
+                let mut s = format!("{a}={}/{}", f.connects, f.online);
+                if f.errors + f.connect_failures > 0 {
+                    s.push_str(&format!("/{}", f.errors + f.connect_failures));
+                }
+                s
+            })
+            .collect();
+        format!(" servers(connects/online[/errors]) {}", parts.join(" "))
+    }
+
+    /// For the report: by `HOST:PORT` text.
+    pub fn by_name(&self) -> BTreeMap<String, ServerFigures> {
+        self.0.iter().map(|(a, f)| (a.to_string(), *f)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_and_renders() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut x = ByServer::default();
+        x.entry(a).connects = 2;
+        x.entry(a).online = 1;
+        let mut y = ByServer::default();
+        y.entry(a).connects = 3;
+        y.entry(b).connect_failures = 1;
+        x.merge(&y);
+        assert_eq!(x.0[&a].connects, 5);
+        assert_eq!(x.0[&b].connect_failures, 1);
+        assert_eq!(
+            x.status(),
+            " servers(connects/online[/errors]) 127.0.0.1:1=5/1 127.0.0.1:2=0/0/1"
+        );
+        assert_eq!(x.by_name()["127.0.0.1:2"].connect_failures, 1);
+        let mut one = ByServer::default();
+        one.entry(a).connects = 1;
+        assert_eq!(one.status(), "");
+    }
+}

@@ -1,0 +1,224 @@
+//! Discovery through a real ZooKeeper (Debian's package, started by the harness on a free
+//! loopback port): `serve --zookeeper` processes register as the real server does, a fleet
+//! (`run --zookeeper`) finds them, spreads its devices over them, follows one leaving (its
+//! devices come back on the other by fast connect: the servers share one Redis for sessions)
+//! and one joining (it gets connects). A hand-written registration with garbage data is
+//! ignored along the way.
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_harness;
+#[path = "common/serve.rs"]
+mod serve_harness;
+#[path = "common/zookeeper.rs"]
+mod zk_harness;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use redis_harness::RedisProcess;
+use serde_json::Value;
+use serve_harness::{Proc, Serve, PATIENCE};
+use zk_harness::ZkProcess;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const DEVICES: u64 = 60;
+
+/// `GET /stats` of a serve's admin API.
+fn stats(admin: SocketAddr) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").expect("HTTP answer").1;
+    serde_json::from_str(body).expect("JSON stats")
+}
+
+fn post(admin: SocketAddr, path: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// Waits until `done` holds for the servers' stats, or panics with them after `PATIENCE`.
+fn wait_stats(servers: &[&Serve], what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let all: Vec<Value> = servers.iter().map(|s| stats(s.admin)).collect();
+        if done(&all) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{what}: {all:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The children of `/mpush/cluster/cs`, read with the real server's credentials.
+fn registered(rt: &tokio::runtime::Runtime, zk: &ZkProcess) -> Vec<String> {
+    rt.block_on(async {
+        let client = Client::connector()
+            .with_auth("digest", b"mpush")
+            .connect(&zk.connect_string())
+            .await
+            .expect("ZooKeeper session");
+        let mut v = client
+            .list_children("/mpush/cluster/cs")
+            .await
+            .expect("list");
+        v.sort();
+        v
+    })
+}
+
+#[test]
+fn fleet_follows_servers_joining_and_leaving_zookeeper() {
+    let name = "fleet_follows_servers_joining_and_leaving_zookeeper";
+    if !common::io_uring_or_skip(name) {
+        return;
+    }
+    let Some(zk) = ZkProcess::start(name) else {
+        return;
+    };
+    let Some(redis) = RedisProcess::start(name) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ensemble = zk.connect_string();
+    let flags = ["--zookeeper", ensemble.as_str(), "--redis", &redis.url()];
+    let mut a = Serve::start(&flags);
+    let mut b = Serve::start(&flags);
+    for s in [&mut a, &mut b] {
+        s.proc
+            .wait_out("registered in ZooKeeper as /mpush/cluster/cs/");
+    }
+    // A registration nobody can use: garbage data. The fleet must ignore it, not fail.
+    rt.block_on(async {
+        let client = Client::connector()
+            .with_auth("digest", b"mpush")
+            .connect(&ensemble)
+            .await
+            .unwrap();
+        let ephemeral = CreateMode::Persistent.with_acls(Acls::creator_all());
+        client
+            .create("/mpush/cluster/cs/garbage", b"{\"host\":", &ephemeral)
+            .await
+            .unwrap();
+    });
+    assert_eq!(registered(&rt, &zk).len(), 3);
+
+    let report = std::env::temp_dir().join(format!("zk-run-{}.json", std::process::id()));
+    let mut run = Proc::spawn(&[
+        "run",
+        "--zookeeper",
+        &ensemble,
+        "--devices",
+        &DEVICES.to_string(),
+        "--rate",
+        "0",
+        "--shards",
+        "2",
+        "--duration",
+        "600s",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    // Spread over both.
+    let before = wait_stats(&[&a, &b], "devices on both servers", |s| {
+        n(&s[0], "connections") + n(&s[1], "connections") == DEVICES
+            && n(&s[0], "binds") + n(&s[1], "binds") >= DEVICES
+            && n(&s[0], "connections") > 0
+            && n(&s[1], "connections") > 0
+    });
+    let on_a = n(&before[0], "connections");
+    let a_addr = a.addr;
+    let b_handshakes = n(&before[1], "handshakes");
+
+    // A stops: it deregisters, closes, and its devices come back on B by fast connect.
+    assert_eq!(a.proc.terminate(), Some(0));
+    assert!(a
+        .proc
+        .out_lines
+        .iter()
+        .any(|l| l == "deregistered from ZooKeeper"));
+    assert_eq!(registered(&rt, &zk).len(), 2, "A's node is gone");
+    let after = wait_stats(&[&b], "every device on B", |s| {
+        n(&s[0], "connections") == DEVICES && n(&s[0], "fast_connects") >= on_a
+    });
+    assert_eq!(
+        n(&after[0], "handshakes"),
+        b_handshakes,
+        "A's devices came back by fast connect, not by a new RSA handshake"
+    );
+
+    // C joins: once the fleet has it, devices that reconnect get a share of it.
+    let mut c = Serve::start(&flags);
+    c.proc
+        .wait_out("registered in ZooKeeper as /mpush/cluster/cs/");
+    run.wait_err(&["servers now:", &c.addr.to_string(), &b.addr.to_string()]);
+    post(b.admin, "/fault/close-all");
+    let end = wait_stats(&[&b, &c], "devices back over B and C", |s| {
+        n(&s[0], "connections") + n(&s[1], "connections") == DEVICES && n(&s[1], "connections") > 0
+    });
+    assert!(
+        n(&end[1], "fast_connects") > 0,
+        "C took connects: {:?}",
+        end[1]
+    );
+    assert_eq!(
+        n(&end[1], "handshakes"),
+        0,
+        "sessions from Redis: {:?}",
+        end[1]
+    );
+
+    assert_eq!(run.terminate(), Some(0), "{:?}", run.err_lines);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).unwrap();
+    let _ = std::fs::remove_file(&report);
+    assert!(
+        !run.err_lines.iter().any(|l| l.contains("panicked")),
+        "{:?}",
+        run.err_lines
+    );
+    assert!(
+        run.err_lines
+            .iter()
+            .any(|l| l.contains("ignoring a registration")),
+        "the garbage node was seen and skipped: {:?}",
+        run.err_lines
+    );
+    assert_eq!(json["ever_online"], DEVICES, "{json}");
+    // Per server: connects went to all three, the devices online at the stop were on B and
+    // C, and A's figures stay in the report.
+    let by = &json["servers"];
+    for s in [&a_addr, &b.addr, &c.addr] {
+        assert!(n(&by[s.to_string()], "connects") > 0, "{s}: {by}");
+    }
+    let online = |s: &SocketAddr| by[s.to_string()]["online"].as_i64().unwrap();
+    assert_eq!(online(&a_addr), 0, "{by}");
+    let total = json["online"].as_i64().unwrap();
+    assert_eq!(online(&b.addr) + online(&c.addr), total, "{by}");
+    assert!(online(&c.addr) > 0, "{by}");
+    drop((b, c));
+}

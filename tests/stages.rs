@@ -83,6 +83,15 @@ fn a_broken_stages_spec_or_an_unknown_phase_is_a_usage_error_naming_it() {
             "no phase named \"storm\"",
         ),
         (vec!["--rate", "fast"], "\"fast\""),
+        // Not yet split over worker processes: refused, not run wrongly.
+        (
+            vec!["--processes", "2", "--stages", "ramp:10@5"],
+            "--processes with --stages",
+        ),
+        (
+            vec!["--processes", "2", "--rate", "auto"],
+            "or --rate auto is not supported",
+        ),
     ] {
         let out = Command::new(EXE)
             .arg("run")

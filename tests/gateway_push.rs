@@ -99,11 +99,13 @@ fn push_binary_reports_every_outcome_by_code() {
     assert_eq!(json["reply_latency"]["count"], 40, "{json}");
     assert_eq!(json["unmatched_replies"], 0, "{json}");
     // The same run fails its check when the threshold is crossed: exit 1, the reason printed.
+    // The gateway given by name this time: `localhost` resolves to the loopback address.
+    let by_name = format!("localhost:{}", server.gateway_addr().unwrap().port());
     let out = Command::new(env!("CARGO_BIN_EXE_mpush-fleet"))
         .args([
             "push",
             "--gateway",
-            &gateway,
+            &by_name,
             "--to",
             "user-{i}",
             "--range",
@@ -114,6 +116,19 @@ fn push_binary_reports_every_outcome_by_code() {
         .expect("push runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL: errors.1>0"));
+    // A gateway name that does not resolve is a usage error at start, naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_mpush-fleet"))
+        .args([
+            "push",
+            "--gateway",
+            "no-such-gateway.invalid:3001",
+            "--to",
+            "u",
+        ])
+        .output()
+        .expect("push runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-gateway.invalid"));
     let c = fleet.stop().expect("fleet stops").stats.counters;
     assert_eq!(c.pushes_received, 30);
     assert_eq!(c.acks_sent, 30);
@@ -150,7 +165,7 @@ fn compress_on_raw_content_leaves_the_session_up() {
     );
     // The session is still up: an AUTO_ACK push through the gateway is received and acked.
     let plan = Plan {
-        gateway: server.gateway_addr().unwrap(),
+        gateway: vec![server.gateway_addr().unwrap()],
         connections: 1,
         targets: Targets::Users {
             pattern: "user-0".into(),

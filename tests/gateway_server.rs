@@ -217,7 +217,7 @@ fn broadcast_with_tags_reaches_exactly_the_matching_devices() {
 
 fn plan(gateway: SocketAddr, user: &str, flags: Flags, timeout: Duration) -> Plan {
     Plan {
-        gateway,
+        gateway: vec![gateway],
         connections: 1,
         targets: Targets::Users {
             pattern: user.into(),

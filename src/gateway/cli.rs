@@ -2,7 +2,6 @@
 //! through a gateway (PROTOCOL.md 8) at a rate, then reports the outcomes by reply code and
 //! the gateway reply latency; `--fail-on` turns it into a check (exit 1).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -18,9 +17,10 @@ use crate::stats::Summary;
 /// Flags of `mpush-fleet push`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PushArgs {
-    /// The gateway, HOST:PORT (the real server's default port is 3001).
+    /// The gateway, HOST:PORT (the real server's default port is 3001). A host name is
+    /// resolved at start to all its addresses; the connections go round-robin over them.
     #[arg(long)]
-    pub gateway: SocketAddr,
+    pub gateway: crate::discovery::Endpoint,
     /// Users to push to: a pattern where `{i}` is replaced by each index of --range.
     #[arg(long, conflicts_with = "broadcast")]
     pub to: Option<String>,
@@ -157,7 +157,9 @@ impl PushArgs {
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let wire = timeout_ms.saturating_sub(WIRE_TIMEOUT_SLACK_MS);
         Ok(Plan {
-            gateway: self.gateway,
+            gateway: self.gateway.resolve().map_err(|e| {
+                crate::control::cli::UsageError(format!("--gateway {}: {e}", self.gateway))
+            })?,
             connections: self.connections.max(1),
             targets,
             client_type: self.client_type,

@@ -43,8 +43,8 @@ pub enum Targets {
 /// What to push, how fast and for how long.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Gateway address.
-    pub gateway: SocketAddr,
+    /// Gateway addresses: connection `i` goes to `gateway[i % len]`.
+    pub gateway: Vec<SocketAddr>,
     /// Connections to open to it.
     pub connections: usize,
     /// Targets.
@@ -135,7 +135,7 @@ enum FromConn {
 }
 
 struct Conns {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     writers: Vec<Option<OwnedWriteHalf>>,
     tx: mpsc::UnboundedSender<FromConn>,
 }
@@ -144,7 +144,11 @@ impl Conns {
     async fn writer(&mut self, i: usize, report: &mut Report) -> Option<&mut OwnedWriteHalf> {
         if self.writers[i].is_none() {
             report.connects += 1;
-            let Ok(stream) = TcpStream::connect(self.addr).await else {
+            let Some(&addr) = self.addrs.get(i % self.addrs.len().max(1)) else {
+                report.connect_failures += 1;
+                return None;
+            };
+            let Ok(stream) = TcpStream::connect(addr).await else {
                 report.connect_failures += 1;
                 return None;
             };
@@ -224,7 +228,7 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let n_conns = plan.connections.max(1);
     let mut conns = Conns {
-        addr: plan.gateway,
+        addrs: plan.gateway.clone(),
         writers: (0..n_conns).map(|_| None).collect(),
         tx,
     };

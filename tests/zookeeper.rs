@@ -222,3 +222,50 @@ fn fleet_follows_servers_joining_and_leaving_zookeeper() {
     assert!(online(&c.addr) > 0, "{by}");
     drop((b, c));
 }
+
+#[test]
+fn push_finds_the_gateway_a_serve_registered() {
+    let name = "push_finds_the_gateway_a_serve_registered";
+    let Some(zk) = ZkProcess::start(name) else {
+        return;
+    };
+    let ensemble = zk.connect_string();
+    let mut s = Serve::start(&["--zookeeper", ensemble.as_str(), "--gateway", "127.0.0.1:0"]);
+    let gateway = s.proc.wait_out("gateway on ");
+    // Both registrations: the connection server, then its gateway port.
+    s.proc
+        .wait_out("registered in ZooKeeper as /mpush/cluster/cs/");
+    s.proc
+        .wait_out("registered in ZooKeeper as /mpush/cluster/gs/");
+    let out = std::process::Command::new(serve_harness::exe())
+        .args([
+            "push",
+            "--zookeeper",
+            &ensemble,
+            "--to",
+            "user-{i}",
+            "--range",
+            "0..3",
+        ])
+        .args(["--count", "3", "--json"])
+        .output()
+        .expect("push runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("gateways from ZooKeeper: {gateway}")),
+        "{stdout}"
+    );
+    // Nobody is online: the gateway answered each push, OFFLINE.
+    let json: Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("a JSON report line");
+    assert_eq!(json["outcomes"]["error.1.OFFLINE"], 3, "{json}");
+    drop(s);
+}

@@ -79,11 +79,15 @@ impl Registration {
     /// # Errors
     ///
     /// ZooKeeper unreachable, or the node cannot be written (credentials).
-    pub async fn start(cfg: ZkConfig, node: ServerNode) -> Result<Registration, DiscoveryError> {
+    pub async fn start(
+        cfg: ZkConfig,
+        node: ServerNode,
+        cluster: Cluster,
+    ) -> Result<Registration, DiscoveryError> {
         let zk = Zk::connect(&cfg).await?;
-        let path = zk.register(Cluster::Connection, &node).await?;
+        let path = zk.register(cluster, &node).await?;
         let (stop, stop_rx) = oneshot::channel();
-        tokio::spawn(keep(cfg, node, zk, path.clone(), stop_rx));
+        tokio::spawn(keep(cfg, node, cluster, zk, path.clone(), stop_rx));
         Ok(Registration {
             path,
             stop: Some(stop),
@@ -109,6 +113,7 @@ impl Registration {
 async fn keep(
     cfg: ZkConfig,
     node: ServerNode,
+    cluster: Cluster,
     mut zk: Zk,
     mut path: String,
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
@@ -131,7 +136,7 @@ async fn keep(
         loop {
             let again = async {
                 let zk = Zk::connect(&cfg).await?;
-                let path = zk.register(Cluster::Connection, &node).await?;
+                let path = zk.register(cluster, &node).await?;
                 Ok::<_, DiscoveryError>((zk, path))
             };
             tokio::select! {

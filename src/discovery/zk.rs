@@ -299,6 +299,31 @@ fn uuid_v4() -> String {
     )
 }
 
+/// Every gateway registered in `/cluster/gs` now, resolved: what `push --zookeeper` sends to.
+///
+/// # Errors
+///
+/// ZooKeeper unreachable or unreadable, or no gateway registered (or none resolves).
+pub async fn gateways(cfg: &ZkConfig) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let zk = Zk::connect(cfg).await?;
+    let (nodes, _watch) = zk.list(Cluster::Gateway).await?;
+    let mut out = Vec::new();
+    for (name, node) in nodes {
+        match node.endpoint(false).map(|e| e.resolve()) {
+            Ok(Ok(addrs)) => out.extend(addrs),
+            Ok(Err(e)) => tracing::warn!(node = %name, "gateway does not resolve: {e}"),
+            Err(e) => tracing::warn!(node = %name, "gateway with a bad host: {e}"),
+        }
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "no gateway registered in /{}{}",
+        cfg.namespace,
+        Cluster::Gateway.path()
+    );
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

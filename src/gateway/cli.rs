@@ -19,8 +19,12 @@ use crate::stats::Summary;
 pub struct PushArgs {
     /// The gateway, HOST:PORT (the real server's default port is 3001). A host name is
     /// resolved at start to all its addresses; the connections go round-robin over them.
-    #[arg(long)]
-    pub gateway: crate::discovery::Endpoint,
+    #[arg(long, required_unless_present = "zookeeper")]
+    pub gateway: Option<crate::discovery::Endpoint>,
+    /// Or find the gateways where the real servers register them (`/cluster/gs`), once at
+    /// start; the connections go round-robin over every gateway found.
+    #[command(flatten)]
+    pub zk: crate::discovery::ZkArgs,
     /// Users to push to: a pattern where `{i}` is replaced by each index of --range.
     #[arg(long, conflicts_with = "broadcast")]
     pub to: Option<String>,
@@ -157,9 +161,13 @@ impl PushArgs {
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let wire = timeout_ms.saturating_sub(WIRE_TIMEOUT_SLACK_MS);
         Ok(Plan {
-            gateway: self.gateway.resolve().map_err(|e| {
-                crate::control::cli::UsageError(format!("--gateway {}: {e}", self.gateway))
-            })?,
+            // Empty with --zookeeper: `push_main` asks ZooKeeper before the run.
+            gateway: match &self.gateway {
+                Some(g) => g
+                    .resolve()
+                    .map_err(|e| crate::control::cli::UsageError(format!("--gateway {g}: {e}")))?,
+                None => Vec::new(),
+            },
             connections: self.connections.max(1),
             targets,
             client_type: self.client_type,
@@ -319,6 +327,19 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut plan = plan;
+    if plan.gateway.is_empty() {
+        let cfg = args
+            .zk
+            .config()
+            .map_err(crate::control::cli::UsageError)?
+            .ok_or_else(|| {
+                crate::control::cli::UsageError("give --gateway or --zookeeper".into())
+            })?;
+        plan.gateway = rt.block_on(crate::discovery::zk::gateways(&cfg))?;
+        let list: Vec<String> = plan.gateway.iter().map(ToString::to_string).collect();
+        println!("gateways from ZooKeeper: {}", list.join(", "));
+    }
     let report = rt.block_on(driver::run(&plan, |r| println!("{}", status_line(r))));
     println!("{}", status_line(&report));
     if args.json {

@@ -231,17 +231,34 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         .register
         .plan(server.local_addr())
         .map_err(|e| anyhow::anyhow!(e))?;
-    let registration = match plan {
-        Some((zk, node)) => {
+    // The connection server in /cluster/cs; with a gateway port, that too in /cluster/gs
+    // (same host and attributes, the gateway's port), as the real server registers both.
+    let mut registrations = Vec::new();
+    if let Some((zk, node)) = plan {
+        use crate::discovery::zk::Cluster;
+        let mut nodes = vec![(Cluster::Connection, node.clone())];
+        if let Some(g) = server.gateway_addr() {
+            nodes.push((
+                Cluster::Gateway,
+                crate::discovery::ServerNode {
+                    port: g.port(),
+                    ..node
+                },
+            ));
+        }
+        for (cluster, node) in nodes {
             let namespace = zk.namespace.clone();
             let r = rt
-                .block_on(crate::discovery::Registration::start(zk, node))
+                .block_on(crate::discovery::Registration::start(
+                    zk.clone(),
+                    node,
+                    cluster,
+                ))
                 .context("registering in ZooKeeper")?;
             println!("registered in ZooKeeper as /{namespace}{}", r.path());
-            Some(r)
+            registrations.push(r);
         }
-        None => None,
-    };
+    }
     let started = std::time::Instant::now();
     let every = std::time::Duration::from_secs_f64(args.status_every.max(0.1));
     rt.block_on(status::lines_until(
@@ -252,7 +269,7 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     ));
     println!("shutting down");
     // Deregistered first, so fleets stop sending connects before the listener closes.
-    if let Some(r) = registration {
+    for r in registrations {
         rt.block_on(r.stop());
         println!("deregistered from ZooKeeper");
     }

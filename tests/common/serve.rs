@@ -121,11 +121,14 @@ impl Proc {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                // What is left of its output.
+                // What is left of its output: both readers run until the pipes close, so
+                // wait for them (a line may still be on its way), not just take what came.
                 while let Ok(l) = self.out.recv_timeout(Duration::from_secs(5)) {
                     self.out_lines.push(l);
                 }
-                self.drain_err();
+                while let Ok(l) = self.err.recv_timeout(Duration::from_secs(5)) {
+                    self.err_lines.push(l);
+                }
                 return status.code();
             }
             if Instant::now() >= deadline {

@@ -16,6 +16,7 @@
 //! [`Device`](crate::device::Device)s.
 
 pub mod core;
+mod glue;
 mod ring;
 mod uring;
 

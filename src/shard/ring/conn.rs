@@ -190,33 +190,11 @@ pub(super) fn socket_for(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Resul
         Some(Protocol::TCP),
     )?;
     if let Some(src) = src {
-        bind_address_no_port(&sock)?;
+        crate::shard::glue::bind_address_no_port(sock.as_raw_fd())?;
         sock.bind(&SocketAddr::new(src, 0).into())?;
     }
     sock.set_nodelay(true)?;
     Ok(sock)
-}
-
-/// `IP_BIND_ADDRESS_NO_PORT`: the port is picked at connect time by the whole 4-tuple, so one
-/// source address serves 64k connections per server endpoint instead of 64k in all.
-fn bind_address_no_port(sock: &Socket) -> std::io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is a valid open socket owned by `sock` for the duration of the call; the
-    // option value points to a live c_int whose size is passed alongside.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

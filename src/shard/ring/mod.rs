@@ -31,7 +31,6 @@ use self::sys::{Cqe, Ring, Waker};
 use super::core::{CoreConfig, ShardCore, SinkToken};
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
-use crate::sink::SinkRecord;
 use crate::stats::ShardStats;
 use crate::tickets::{Loaded, TicketStore};
 
@@ -217,31 +216,10 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
-        let Some(sink) = self.cfg.sink.clone() else {
-            return;
-        };
-        while let Some(item) = self.core.peek_delivery() {
-            let (tx, waker, token) = (self.sink_took.0.clone(), self.waker.clone(), item.token);
-            let device = u64::from(item.device);
-            let record = SinkRecord {
-                device_id: self.cfg.device.device_id.render(device),
-                user_id: self.cfg.device.user_id.render(device),
-                msg_id: item.delivery.msg_id.0,
-                flags: item.delivery.flags.0,
-                content: item.delivery.content.clone(),
-                received_at_ms: item.received_at_ms,
-                on_taken: Some(Box::new(move || {
-                    let _ = tx.send(token);
-                    waker.wake();
-                })),
-            };
-            if sink.try_send(record).is_ok() {
-                self.core.pop_delivery();
-            } else {
-                self.core.sink_full();
-                break;
-            }
-        }
+        let waker = self.waker.clone();
+        super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
+            waker.wake()
+        });
     }
 
     fn report(&self, reports: &Sender<Report>) {

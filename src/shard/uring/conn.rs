@@ -270,33 +270,10 @@ async fn connect_tcp(src: Option<IpAddr>, dst: SocketAddr) -> io::Result<std::ne
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     if let Some(src) = src {
-        bind_address_no_port(&socket)?;
+        crate::shard::glue::bind_address_no_port(socket.as_raw_fd())?;
         socket.bind(SocketAddr::new(src, 0))?;
     }
     socket.set_nodelay(true)?;
     let stream = socket.connect(dst).await?;
     stream.into_std()
-}
-
-/// `IP_BIND_ADDRESS_NO_PORT`: binding to a source address picks the port at connect time, by
-/// the whole 4-tuple, so one source address serves 64k connections per server endpoint
-/// instead of 64k in all.
-fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is a valid open socket owned by `socket` for the duration of the call;
-    // the option value points to a live c_int whose size is passed alongside.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

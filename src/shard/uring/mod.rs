@@ -16,7 +16,6 @@ use self::conn::{Completion, ConnIo, Queue};
 use super::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken};
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
-use crate::sink::SinkRecord;
 use crate::tickets::{Loaded, TicketStore};
 
 /// How often the loop looks at its command channel when nothing else wakes it.
@@ -204,31 +203,10 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
-        let Some(sink) = self.cfg.sink.clone() else {
-            return;
-        };
-        while let Some(item) = self.core.peek_delivery() {
-            let (tx, wake, token) = (self.sink_took.0.clone(), self.wake.clone(), item.token);
-            let device = u64::from(item.device);
-            let record = SinkRecord {
-                device_id: self.cfg.device.device_id.render(device),
-                user_id: self.cfg.device.user_id.render(device),
-                msg_id: item.delivery.msg_id.0,
-                flags: item.delivery.flags.0,
-                content: item.delivery.content.clone(),
-                received_at_ms: item.received_at_ms,
-                on_taken: Some(Box::new(move || {
-                    let _ = tx.send(token);
-                    wake.notify_one();
-                })),
-            };
-            if sink.try_send(record).is_ok() {
-                self.core.pop_delivery();
-            } else {
-                self.core.sink_full();
-                break;
-            }
-        }
+        let wake = self.wake.clone();
+        super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
+            wake.notify_one()
+        });
     }
 
     fn report(&self, reports: &Sender<Report>) {

@@ -1,0 +1,70 @@
+//! What both drivers do the same way, written once: hand the core's deliveries to the sink,
+//! and the socket option that lets one source address serve many server endpoints.
+
+use std::os::fd::RawFd;
+
+use crossbeam_channel::Sender;
+
+use super::core::{ShardCore, SinkToken};
+use super::ShardConfig;
+use crate::sink::SinkRecord;
+
+/// Hands the core's waiting deliveries to the sink until it is full. A record's `on_taken`
+/// sends its token on `took` and calls `wake`, so the driver feeds it back to the core.
+pub(super) fn deliver<W>(
+    core: &mut ShardCore,
+    cfg: &ShardConfig,
+    took: &Sender<SinkToken>,
+    wake: &W,
+) where
+    W: Fn() + Clone + Send + 'static,
+{
+    let Some(sink) = &cfg.sink else {
+        return;
+    };
+    while let Some(item) = core.peek_delivery() {
+        let (tx, wake, token) = (took.clone(), wake.clone(), item.token);
+        let device = u64::from(item.device);
+        let record = SinkRecord {
+            device_id: cfg.device.device_id.render(device),
+            user_id: cfg.device.user_id.render(device),
+            msg_id: item.delivery.msg_id.0,
+            flags: item.delivery.flags.0,
+            content: item.delivery.content.clone(),
+            received_at_ms: item.received_at_ms,
+            on_taken: Some(Box::new(move || {
+                let _ = tx.send(token);
+                wake();
+            })),
+        };
+        if sink.try_send(record).is_ok() {
+            core.pop_delivery();
+        } else {
+            core.sink_full();
+            break;
+        }
+    }
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: binding to a source address picks the port at connect time, by
+/// the whole 4-tuple, so one source address serves 64k connections per server endpoint
+/// instead of 64k in all.
+pub(super) fn bind_address_no_port(fd: RawFd) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the caller passes the fd of a socket it owns and keeps open for the call; the
+    // option value points to a live c_int whose size is passed alongside.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

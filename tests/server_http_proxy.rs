@@ -218,3 +218,30 @@ fn failures_answer_raw_with_the_real_statuses() {
     assert!(matches!(c.recv(), Ok(Incoming::Heartbeat)));
     assert_eq!(server.stats().http_proxy, 4);
 }
+
+#[test]
+fn a_backend_that_answers_garbage_gets_502_and_the_session_carries_on() {
+    // Not HTTP at all, then a close: the proxy must answer 502 raw, not hang or panic.
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = liar.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in liar.incoming().take(2) {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"\x00\xffNOT-HTTP garbage\r\n\r\n\xde\xad");
+        }
+    });
+    let server = server(&[format!("liar.example={addr}")]);
+    let mut c = Client::connect(server.local_addr());
+    c.handshake("p4");
+    let id = c.send(
+        &request(HttpMethod::GET, "http://liar.example/", "", b""),
+        Flags::NONE,
+    );
+    let (resp, ciphered) = response(&mut c, id);
+    assert_eq!((resp.status_code, ciphered), (502, false));
+    c.send_heartbeat();
+    assert!(matches!(c.recv(), Ok(Incoming::Heartbeat)));
+}

@@ -360,3 +360,32 @@ fn fleet_biz_ack_after_xadd() {
     sink.close(Duration::from_secs(5));
     server.shutdown();
 }
+
+#[test]
+fn a_webhook_that_answers_garbage_takes_nothing_and_loses_nothing() {
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = liar.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in liar.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/9 banana\r\n\xff\xfe\r\n\r\n");
+        }
+    });
+    let spec = SinkSpec::Webhook(WebhookSpec {
+        authority: addr.to_string(),
+        path: "/in".into(),
+        inflight: 2,
+    });
+    let sink = Sink::start(spec, 8).unwrap();
+    let taken = Arc::new(AtomicU64::new(0));
+    send(&sink, 0, 2, &taken);
+    wait("the garbage answers counted as failures", || {
+        sink.counters().errors >= 2
+    });
+    assert_eq!(taken.load(Ordering::SeqCst), 0);
+    let drain = sink.close(Duration::from_millis(200));
+    assert_eq!((drain.acked, drain.left), (0, 2), "{drain:?}");
+}

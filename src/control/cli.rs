@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::embedded::{Embedded, SPARE_DESCRIPTORS};
 use super::fail_on::{self, Threshold};
+use super::push_load::{Gateways, PushRun, PusherConfig};
 use super::report::{status_line, ProcessCost, RunReport};
 use super::summary;
 use super::{memory_stores, Fleet, FleetConfig};
@@ -185,6 +186,37 @@ pub struct RunArgs {
     /// Longest a ticket lives in Redis (never beyond its session's expireTime).
     #[arg(long, value_parser = parse_duration, default_value = "300s")]
     pub ticket_ttl: Duration,
+    /// End-to-end pushes: once every device has bound, push to the fleet's own users at R per
+    /// second through the gateway (`--gateway`; or each user's route in `--redis`; or the
+    /// embedded server's gateway), and account for every push (status line, report,
+    /// Prometheus, `--fail-on push.lost>0,push.e2e.p99>200ms`).
+    #[arg(long, value_name = "R")]
+    pub push_rate: Option<f64>,
+    /// Send this many pushes, then end the run once each is accounted for (received, or
+    /// explained, or lost after --push-grace).
+    #[arg(long, value_name = "N", requires = "push_rate")]
+    pub push_count: Option<u64>,
+    /// The pushes' ack mode: none (flags 0), auto (AUTO_ACK) or biz (BIZ_ACK).
+    #[arg(long, default_value = "none", requires = "push_rate")]
+    pub push_ack: String,
+    /// Content bytes per push (at least the 37-byte probe header).
+    #[arg(long, default_value_t = 64, requires = "push_rate")]
+    pub push_size: usize,
+    /// The push client's own timeout: no gateway reply by then is "no reply" (the wire
+    /// timeout is 500 ms less, as upstream sends it).
+    #[arg(long, value_parser = parse_duration, default_value = "3s", requires = "push_rate")]
+    pub push_timeout: Duration,
+    /// How long after its send a push the gateway took (OK or no reply) may still arrive
+    /// before it counts as lost (at least --push-timeout).
+    #[arg(long, value_parser = parse_duration, default_value = "5s", requires = "push_rate")]
+    pub push_grace: Duration,
+    /// Connections to each gateway.
+    #[arg(long, default_value_t = 1, requires = "push_rate")]
+    pub push_connections: usize,
+    /// The gateway --push-rate sends to, HOST:PORT (a name resolves to all its addresses).
+    /// Without it: each user's route in --redis (`mp:ur:`), or the embedded server's gateway.
+    #[arg(long, value_name = "HOST:PORT", requires = "push_rate")]
+    pub gateway: Option<Endpoint>,
 }
 
 /// Parses `30s`, `5m`, `2h`, `250ms` or plain seconds.
@@ -319,6 +351,15 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         // The supervisor shows, serves, judges and writes for all its workers.
         (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
     } else if args.processes.is_some() {
+        if args.push_rate.is_some() {
+            return Err(UsageError(
+                "--processes with --push-rate is not supported yet: run one fleet process \
+                 per range with --first-device and merge the reports (`report merge` adds \
+                 the push figures exactly)"
+                    .into(),
+            )
+            .into());
+        }
         if args.stages.is_some() || args.rate == super::phases::RateArg::Auto {
             return Err(UsageError(
                 "--processes with --stages or --rate auto is not supported yet: the phases \
@@ -356,6 +397,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             args.embedded_heartbeat,
             limit,
             redis,
+            args.push_rate.is_some(),
         )?)
     } else {
         None
@@ -394,8 +436,13 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         }
         None => memory_stores(cfg.shards),
     };
+    let push_cfg = push_config(&args, &cfg, server.as_ref())?;
     let stop = stop_signal()?;
     let mut fleet = Fleet::start(cfg, stores)?;
+    let mut push_run = match push_cfg {
+        Some(p) => Some(PushRun::start(p, args.push_grace)?),
+        None => None,
+    };
     if let Some(link) = &mut link {
         link.started();
     }
@@ -432,8 +479,19 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
                 );
             }
         }
+        let receipts = fleet.take_push_receipts();
+        if let Some(p) = &mut push_run {
+            let c = fleet.counters();
+            let held = if cfg_binds { c.bound } else { c.ever_online };
+            p.set_active(held >= u64::from(devices));
+            p.pump(receipts);
+            if p.all_settled() {
+                break;
+            }
+        }
         if metrics.is_some() {
-            *latest.lock().unwrap_or_else(PoisonError::into_inner) = fleet.stats();
+            *latest.lock().unwrap_or_else(PoisonError::into_inner) =
+                with_push(fleet.stats(), push_run.as_ref());
         }
         out.update(&fleet.counters());
         if link.as_mut().is_some_and(|l| !l.tick(&fleet)) {
@@ -446,7 +504,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if args.stop_when_online && !args.worker {
+        if args.stop_when_online && !args.worker && push_run.is_none() {
             let c = fleet.counters();
             let all = u64::from(devices);
             if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
@@ -457,15 +515,39 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             break;
         }
         if Instant::now() >= next_status && !args.worker {
-            out.line(&status_line(devices, fleet.elapsed(), &fleet.stats()));
+            let stats = with_push(fleet.stats(), push_run.as_ref());
+            out.line(&status_line(devices, fleet.elapsed(), &stats));
             next_status += status_every;
         }
     }
+    // The fleet still holds its users while the last pushes arrive (or their grace ends).
+    let push_figures = push_run.map(|mut p| {
+        p.stop_sending();
+        while !p.may_end() {
+            fleet.poll(Duration::from_millis(50));
+            p.pump(fleet.take_push_receipts());
+            if stop.try_recv().is_ok() {
+                break;
+            }
+        }
+        fleet.poll(Duration::ZERO);
+        let (figures, exit) = p.finish(fleet.take_push_receipts());
+        if exit.connect_failures + exit.bad_frames + exit.unmatched > 0 {
+            out.line(&format!(
+                "push gateway: connect failures {}, bad frames {}, unmatched replies {}",
+                exit.connect_failures, exit.bad_frames, exit.unmatched
+            ));
+        }
+        figures
+    });
     fleet.poll(Duration::ZERO);
     let online_before_stop = fleet.counters().online;
     let servers_before_stop = fleet.stats().servers.by_name();
     let rss_online = ProcessCost::now().map(|p| p.rss_bytes_online);
-    let result = fleet.stop()?;
+    let mut result = fleet.stop()?;
+    if let Some(p) = &push_figures {
+        result.stats.merge(p);
+    }
     out.finish();
     if let Some(sink) = sink {
         let spec = sink.spec().to_string();
@@ -524,6 +606,65 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         1
     })
+}
+
+/// The fleet's statistics with the push figures of `run --push-rate` merged in.
+fn with_push(mut stats: ShardStats, push: Option<&PushRun>) -> ShardStats {
+    if let Some(p) = push {
+        stats.merge(p.stats());
+    }
+    stats
+}
+
+/// What `--push-rate` pushes and where; `None` without it.
+fn push_config(
+    args: &RunArgs,
+    cfg: &FleetConfig,
+    server: Option<&Embedded>,
+) -> anyhow::Result<Option<PusherConfig>> {
+    let Some(rate) = args.push_rate else {
+        return Ok(None);
+    };
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(UsageError(format!("--push-rate {rate}: give a rate above 0")).into());
+    }
+    let gateways = match (&args.gateway, server, &args.redis) {
+        (Some(g), _, _) => Gateways::Fixed(
+            g.resolve()
+                .map_err(|e| UsageError(format!("--gateway {g}: {e}")))?,
+        ),
+        (None, _, Some(url)) => Gateways::Redis(url.clone()),
+        (None, Some(embedded), None) => match embedded.gateway_addr() {
+            Some(a) => Gateways::Fixed(vec![a]),
+            None => bail!("the embedded server has no gateway port"),
+        },
+        (None, None, None) => {
+            return Err(UsageError(
+                "--push-rate with --server needs --gateway HOST:PORT or --redis URL (routes)"
+                    .into(),
+            )
+            .into())
+        }
+    };
+    let flags = match args.push_ack.as_str() {
+        "none" => crate::proto::Flags::NONE,
+        "auto" => crate::proto::Flags::AUTO_ACK,
+        "biz" => crate::proto::Flags::BIZ_ACK,
+        other => return Err(UsageError(format!("--push-ack {other}: none, auto or biz")).into()),
+    };
+    Ok(Some(PusherConfig {
+        gateways,
+        user_id: cfg.device.user_id.clone(),
+        first_device: u64::from(cfg.first_device),
+        devices: u64::from(cfg.devices),
+        rate,
+        count: args.push_count,
+        flags,
+        size: args.push_size,
+        client_type: i32::from(crate::server::ClientType::from_os_name(&args.os_name).0),
+        timeout: args.push_timeout,
+        connections: args.push_connections.max(1),
+    }))
 }
 
 fn fleet_config(args: &RunArgs, servers: Vec<SocketAddr>) -> anyhow::Result<FleetConfig> {

@@ -30,6 +30,8 @@ pub enum Embedded {
         child: Child,
         /// Where it listens.
         addr: SocketAddr,
+        /// Its gateway port, if it has one.
+        gateway: Option<SocketAddr>,
     },
 }
 
@@ -41,17 +43,21 @@ impl Embedded {
     ///
     /// If the server cannot start or the child does not come up within 30 s.
     /// With `redis`, its reusable sessions live there too (`mp:rs:`), so fleet processes that
-    /// share tickets in Redis resume by fast connect across runs.
+    /// share tickets in Redis resume by fast connect across runs, and so do its users' routes
+    /// (`mp:ur:`). With `gateway`, it opens a gateway port on loopback (`run --push-rate`).
     pub fn start(
         devices: u32,
         heartbeat_ms: i32,
         limit: u64,
         redis: Option<&str>,
+        gateway: bool,
     ) -> anyhow::Result<Embedded> {
         if 2 * u64::from(devices) + SPARE_DESCRIPTORS <= limit {
             let mut cfg = ServerConfig::new();
             cfg.session.min_heartbeat_ms = heartbeat_ms;
             cfg.session.max_heartbeat_ms = heartbeat_ms;
+            cfg.gateway = gateway.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            cfg.routes_redis = redis.map(str::to_owned);
             let handle = match redis {
                 Some(url) => {
                     let sessions = RedisSessions::new(url).context("--redis")?;
@@ -65,6 +71,11 @@ impl Embedded {
         }
         // A free loopback port: bind, read it, release it for the child.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let gateway_addr = if gateway {
+            Some(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        } else {
+            None
+        };
         let exe = std::env::current_exe().context("locating mpush-fleet for the child server")?;
         let hb = heartbeat_ms.to_string();
         let mut cmd = Command::new(exe);
@@ -76,6 +87,12 @@ impl Embedded {
             &hb,
         ])
         .args(["--max-heartbeat", &hb])
+        .args(
+            gateway_addr
+                .iter()
+                .flat_map(|g| ["--gateway".to_string(), g.to_string()]),
+        )
+        .args(redis.iter().flat_map(|r| ["--redis", *r]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Its own process group: a terminal's Ctrl-C reaches the fleet only, which stops
@@ -95,10 +112,16 @@ impl Embedded {
         let child = cmd
             .spawn()
             .context("starting the embedded server as a child process")?;
-        let mut embedded = Embedded::Child { child, addr };
+        let mut embedded = Embedded::Child {
+            child,
+            addr,
+            gateway: gateway_addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            if up(&addr) && gateway_addr.as_ref().map_or(true, up) {
                 tracing::info!(%addr, "embedded reference server as a child process");
                 return Ok(embedded);
             }
@@ -120,6 +143,14 @@ impl Embedded {
         match self {
             Embedded::InProcess(h) => h.local_addr(),
             Embedded::Child { addr, .. } => *addr,
+        }
+    }
+
+    /// Its gateway port, if it has one.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Embedded::InProcess(h) => h.gateway_addr(),
+            Embedded::Child { gateway, .. } => *gateway,
         }
     }
 

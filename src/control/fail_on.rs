@@ -14,6 +14,11 @@
 //!   phase of `--stages` by its name (`storm.timeouts>0`, `churn.fast_connect.p99>1s`); the
 //!   figures are [`PhaseCounts::NAMES`], the latencies `handshake` and `fast_connect`.
 //!
+//! - `push.FIGURE OP N`, `push.errors.CODE OP N`, `push.LATENCY.STAT OP Dunit`: the figures
+//!   of `run --push-rate` (`push.lost>0`, `push.no_reply>0`, `push.errors.1>0`,
+//!   `push.e2e.p99>200ms`, `push.acked.p99>..`, `push.reply.p99>..`), the counters
+//!   `push_*` and latencies `push_e2e`, `push_acked`, `push_reply` under their short names.
+//!
 //! `OP` is `<`, `<=`, `>` or `>=`. Several thresholds: comma-separated or a repeated flag.
 
 use std::fmt;
@@ -93,6 +98,8 @@ pub enum Metric {
     Percent(String),
     /// ERROR replies with one code.
     ErrorCode(u8),
+    /// One code of a per-code counter other than `errors` (`push.errors.2`).
+    CodeOf(String, u8),
     /// A latency statistic, in milliseconds.
     Latency(Latency, Stat),
     /// A figure of the phase of this name.
@@ -236,6 +243,30 @@ impl FromStr for Threshold {
         if !limit.is_finite() {
             return Err(err(format!("{num:?} is not a number")));
         }
+        // `run --push-rate`'s figures: `push.lost`, `push.e2e.p99`, `push.errors.2` name the
+        // counters and latencies `push_lost`, `push_e2e`, `push_gateway_errors`.
+        let alias = name.strip_prefix("push.").map(|rest| match rest {
+            "errors" => "push_gateway_errors".to_string(),
+            r => format!("push_{r}"),
+        });
+        if let Some(code) = alias
+            .as_deref()
+            .and_then(|a| a.strip_prefix("push_errors."))
+        {
+            let code: u8 = code
+                .parse()
+                .map_err(|_| err(format!("{code:?} is not an error code")))?;
+            if !unit.is_empty() {
+                return Err(err(format!("unit {unit:?} makes no sense for a count")));
+            }
+            return Ok(Threshold {
+                metric: Metric::CodeOf("push_gateway_errors".into(), code),
+                op,
+                limit,
+                text,
+            });
+        }
+        let name = alias.as_deref().unwrap_or(name);
         let is_latency = |l: &str| Latency::ALL.iter().any(|x| x.name() == l);
         let metric = if let Some((lat, stat)) = name.split_once('.').filter(|(l, _)| is_latency(l))
         {
@@ -346,6 +377,13 @@ pub fn judge(thresholds: &[Threshold], devices: u32, stats: &ShardStats) -> Vec<
                         format!("{name} was {pct:.3}% ({v} of {devices} devices)"),
                     )
                 }
+                Metric::CodeOf(name, code) => {
+                    let v = match c.get(name) {
+                        Some(Reading::ByCode(m)) => m.get(code).copied().unwrap_or(0) as f64,
+                        _ => 0.0,
+                    };
+                    (v, format!("{name} with code {code} were {v}"))
+                }
                 Metric::ErrorCode(code) => {
                     let v = c.errors.get(code).copied().unwrap_or(0) as f64;
                     (v, format!("errors with code {code} were {v}"))
@@ -405,6 +443,37 @@ mod tests {
 
     fn t(s: &str) -> Threshold {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn push_figures_have_short_names() {
+        assert_eq!(t("push.lost>0").metric, Metric::Counter("push_lost".into()));
+        assert_eq!(
+            t("push.e2e.p99>200ms").metric,
+            Metric::Latency(Latency::PushE2e, Stat::P99)
+        );
+        assert_eq!(
+            t("push.errors.2>0").metric,
+            Metric::CodeOf("push_gateway_errors".into(), 2)
+        );
+        let mut s = ShardStats::default();
+        s.counters.push_lost = 1;
+        s.counters.push_gateway_errors.insert(2, 3);
+        let v = judge(
+            &[
+                t("push.lost>0"),
+                t("push.errors.2>=3"),
+                t("push.errors.1>0"),
+            ],
+            1,
+            &s,
+        );
+        assert_eq!(
+            v.iter().map(|v| v.failed).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!("push.nothing>0".parse::<Threshold>().is_err());
+        assert!("push.errors.x>0".parse::<Threshold>().is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`report`]: the `--report` JSON and the status line.
 //! - [`merge`]: `report merge`, reports of fleets side by side as one run's.
 //! - [`supervisor`], [`worker`]: `run --processes`, one fleet in several processes.
+//! - [`push_load`]: `run --push-rate`, end-to-end pushes to the fleet's own users.
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod embedded;
 pub mod fail_on;
 pub mod merge;
 pub mod phases;
+pub mod push_load;
 pub mod report;
 pub mod summary;
 pub mod supervisor;
@@ -129,6 +131,9 @@ pub struct Fleet {
     reports: Receiver<Report>,
     latest: Vec<ShardStats>,
     started: Instant,
+    /// Probe receipts from the shards (`run --push-rate`), until taken.
+    receipts: Vec<(Instant, Vec<crate::shard::core::PushReceipt>)>,
+    receipts_dropped: u64,
 }
 
 /// What a stopped fleet leaves.
@@ -207,6 +212,8 @@ impl Fleet {
             reports,
             latest,
             started: Instant::now(),
+            receipts: Vec::new(),
+            receipts_dropped: 0,
         })
     }
 
@@ -233,7 +240,27 @@ impl Fleet {
     fn take(&mut self, r: Report) {
         match r {
             Report::Stats { shard, stats } => self.latest[shard] = *stats,
+            Report::PushReceipts {
+                epoch,
+                receipts,
+                dropped,
+                ..
+            } => {
+                self.receipts.push((epoch, receipts));
+                self.receipts_dropped += dropped;
+            }
         }
+    }
+
+    /// The probe receipts that arrived since the last call, each batch with the instant its
+    /// times count from (`run --push-rate`; callers without a push run drop them).
+    pub fn take_push_receipts(&mut self) -> Vec<(Instant, Vec<crate::shard::core::PushReceipt>)> {
+        std::mem::take(&mut self.receipts)
+    }
+
+    /// Receipts the shards dropped because the control plane did not take them in time.
+    pub fn push_receipts_dropped(&self) -> u64 {
+        self.receipts_dropped
     }
 
     /// The fleet's statistics as of the latest reports.

@@ -164,6 +164,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         c.reconnects,
     );
     line.push_str(&super::phases::status(stats));
+    line.push_str(&push_status(c));
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }
@@ -185,4 +186,36 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         }
     }
     line
+}
+
+/// The status line's part for `run --push-rate` (empty without pushes): every push sent,
+/// where it ended up, and what the gateway said.
+pub fn push_status(c: &Counters) -> String {
+    if c.push_sent == 0 {
+        return String::new();
+    }
+    let errors: Vec<String> = c
+        .push_gateway_errors
+        .iter()
+        .map(|(code, n)| format!("{}={n}", ErrorCode(*code).name()))
+        .collect();
+    let mut s = format!(
+        " | push sent {} received {} twice {} ok {} no_reply {} (received {}) explained {} \
+         lost {}",
+        c.push_sent,
+        c.push_received,
+        c.push_received_twice,
+        c.push_gateway_ok,
+        c.push_no_reply,
+        c.push_no_reply_received,
+        c.push_explained,
+        c.push_lost,
+    );
+    if !errors.is_empty() {
+        s.push_str(&format!(" gateway_errors {}", errors.join(",")));
+    }
+    if c.push_no_route > 0 {
+        s.push_str(&format!(" no_route {}", c.push_no_route));
+    }
+    s
 }

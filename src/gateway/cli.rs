@@ -19,8 +19,14 @@ use crate::stats::Summary;
 pub struct PushArgs {
     /// The gateway, HOST:PORT (the real server's default port is 3001). A host name is
     /// resolved at start to all its addresses; the connections go round-robin over them.
-    #[arg(long, required_unless_present = "zookeeper")]
+    #[arg(long, required_unless_present_any = ["zookeeper", "redis"])]
     pub gateway: Option<crate::discovery::Endpoint>,
+    /// Or find each user's gateway and client type in its routes in Redis (`mp:ur:<userId>`,
+    /// as upstream's app-server client does), read once at start for the whole --range
+    /// (pipelined) and kept for the run; one push per online route; a user with none counts
+    /// as `no_route` without a request.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["gateway", "zookeeper", "broadcast"])]
+    pub redis: Option<String>,
     /// Or find the gateways where the real servers register them (`/cluster/gs`), once at
     /// start; the connections go round-robin over every gateway found.
     #[command(flatten)]
@@ -69,7 +75,7 @@ pub struct PushArgs {
     /// Gateway connections to open (requests go round-robin).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Thresholds that fail the run (exit 1): `no_reply>0`, `errors.1>0`, `ok<99%`,
+    /// Thresholds that fail the run (exit 1): `no_reply>0`, `no_route>0`, `errors.1>0`, `ok<99%`,
     /// `reply.p99>50ms`; comma-separated or repeated.
     #[arg(long)]
     pub fail_on: Vec<String>,
@@ -182,6 +188,7 @@ impl PushArgs {
             duration: self.duration,
             timeout: self.timeout,
             wire_timeout_ms: i32::try_from(wire).unwrap_or(i32::MAX),
+            routes: None,
         })
     }
 }
@@ -191,6 +198,7 @@ pub fn outcome_name(o: Outcome) -> String {
     match o {
         Outcome::Ok => "ok".into(),
         Outcome::NoReply => "no_reply".into(),
+        Outcome::NoRoute => "no_route".into(),
         Outcome::Error(code) => format!("error.{code}.{}", ErrorCode(code).name()),
     }
 }
@@ -242,6 +250,7 @@ fn metric(r: &Report, key: &str) -> Option<f64> {
         "sent" => r.sent as f64,
         "ok" => r.count(Outcome::Ok) as f64,
         "no_reply" => r.count(Outcome::NoReply) as f64,
+        "no_route" => r.count(Outcome::NoRoute) as f64,
         "unmatched" => r.unmatched as f64,
         "connect_failures" => r.connect_failures as f64,
         "errors" => r
@@ -306,6 +315,51 @@ pub fn check(r: &Report, threshold: &str) -> anyhow::Result<Option<String>> {
     Ok(fails.then(|| format!("{t} (actual {actual})")))
 }
 
+/// Reads the routes of every user of the plan's range (pipelined) into `plan.routes`, and
+/// the gateways they name (resolved) into `plan.gateway`.
+async fn read_routes(url: &str, plan: &mut Plan) -> anyhow::Result<()> {
+    let Targets::Users { pattern, range } = &plan.targets else {
+        bail!("--redis looks up single users (--to), not broadcasts");
+    };
+    let users: Vec<String> = range
+        .clone()
+        .map(|i| pattern.replace("{i}", &i.to_string()))
+        .collect();
+    let store = super::route_store::RouteStore::connect(url)
+        .await
+        .context("--redis")?;
+    let found = store.routes_of(&users).await.context("reading routes")?;
+    let mut names: Vec<String> = Vec::new();
+    let mut by_user = Vec::with_capacity(found.len());
+    for routes in found {
+        let mut mine = Vec::new();
+        for r in routes.into_iter().filter(|r| r.route.is_online()) {
+            let name = r.route.gateway();
+            let g = match names.iter().position(|n| *n == name) {
+                Some(g) => g,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+            mine.push((g, r.client_type));
+        }
+        by_user.push(mine);
+    }
+    let mut gateways = Vec::with_capacity(names.len());
+    for name in &names {
+        let addr = tokio::net::lookup_host(name.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("a route names gateway {name}, which does not resolve"))?;
+        gateways.push(addr);
+    }
+    plan.gateway = gateways;
+    plan.routes = Some(super::driver::Routed { by_user });
+    Ok(())
+}
+
 /// Runs `push`; returns the exit code (0, or 1 when a `--fail-on` threshold failed).
 ///
 /// # Errors
@@ -328,7 +382,11 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     let mut plan = plan;
-    if plan.gateway.is_empty() {
+    if let Some(url) = &args.redis {
+        rt.block_on(read_routes(url, &mut plan))?;
+        let list: Vec<String> = plan.gateway.iter().map(ToString::to_string).collect();
+        println!("gateways from the routes in Redis: {}", list.join(", "));
+    } else if plan.gateway.is_empty() {
         let cfg = args
             .zk
             .config()

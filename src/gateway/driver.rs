@@ -65,6 +65,18 @@ pub struct Plan {
     pub timeout: Duration,
     /// The wire timeout in single pushes, ms (upstream: client timeout - 500).
     pub wire_timeout_ms: i32,
+    /// Each user's routes, as read from Redis at start (`push --redis`): single pushes go
+    /// to each online route's gateway with its client type instead of `gateway`.
+    pub routes: Option<Routed>,
+}
+
+/// Users' routes for a run: read once at start, kept for the run (upstream caches them for
+/// 5 minutes, longer than a `push` run usually lasts).
+#[derive(Clone, Debug, Default)]
+pub struct Routed {
+    /// Per index of the target range (offset from its start): (gateway index, client type)
+    /// of each online route.
+    pub by_user: Vec<Vec<(usize, i32)>>,
 }
 
 /// What a run saw.
@@ -111,7 +123,7 @@ impl Report {
 
     fn record(&mut self, c: &Completed<()>) {
         *self.outcomes.entry(c.outcome).or_default() += 1;
-        if c.outcome != Outcome::NoReply {
+        if !matches!(c.outcome, Outcome::NoReply | Outcome::NoRoute) {
             let us = c.latency_us.clamp(1, 3_600_000_000);
             self.reply_latency_us.saturating_record(us);
         }
@@ -128,9 +140,13 @@ impl Report {
     }
 }
 
-enum FromConn {
+/// What a connection's reader task reports (shared with `run --push-rate`'s pusher).
+pub(crate) enum FromConn {
+    /// A reply frame, by header id.
     Reply(MsgId, GatewayReply),
+    /// A frame that is no reply, or does not decode.
     Bad,
+    /// Connection `i` closed.
     Closed(usize),
 }
 
@@ -161,7 +177,8 @@ impl Conns {
     }
 }
 
-async fn read_replies(
+/// Reads connection `i`'s replies into `tx` until it closes.
+pub(crate) async fn read_replies(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     i: usize,
     tx: mpsc::UnboundedSender<FromConn>,
@@ -196,26 +213,45 @@ async fn read_replies(
     let _ = tx.send(FromConn::Closed(i));
 }
 
-/// The request number `n` of the plan.
-fn request(plan: &Plan, n: u64) -> GatewayPush {
+/// The request number `n` of the plan, and the connections its frames go on (several with
+/// routes, one per online route; none when the user has no online route).
+fn requests(plan: &Plan, n: u64, n_conns: usize, out: &mut Vec<(usize, GatewayPush)>) {
     match &plan.targets {
         Targets::Users { pattern, range } => {
             let span = range.end.saturating_sub(range.start).max(1);
-            let i = range.start + n % span;
-            GatewayPush {
-                user_id: pattern.replace("{i}", &i.to_string()),
-                client_type: plan.client_type,
+            let offset = n % span;
+            let user_id = pattern.replace("{i}", &(range.start + offset).to_string());
+            let push = |client_type| GatewayPush {
+                user_id: user_id.clone(),
+                client_type,
                 timeout: plan.wire_timeout_ms,
                 content: plan.content.clone(),
                 ..GatewayPush::default()
+            };
+            match &plan.routes {
+                None => out.push(((n % n_conns as u64) as usize, push(plan.client_type))),
+                Some(routed) => {
+                    // Connection c goes to gateway c % gateways: a route's gateway g has
+                    // connections g, g + gateways, ...; pick one by n.
+                    let gateways = plan.gateway.len().max(1);
+                    let per = (n_conns / gateways).max(1);
+                    let routes = routed.by_user.get(offset as usize).map_or(&[][..], |r| r);
+                    for &(g, ct) in routes {
+                        let c = g + gateways * ((n as usize) % per);
+                        out.push((c, push(ct)));
+                    }
+                }
             }
         }
-        Targets::Broadcast { tags, condition } => GatewayPush {
-            content: plan.content.clone(),
-            tags: tags.clone(),
-            condition: condition.clone(),
-            ..GatewayPush::default()
-        },
+        Targets::Broadcast { tags, condition } => out.push((
+            (n % n_conns as u64) as usize,
+            GatewayPush {
+                content: plan.content.clone(),
+                tags: tags.clone(),
+                condition: condition.clone(),
+                ..GatewayPush::default()
+            },
+        )),
     }
 }
 
@@ -226,7 +262,11 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
     let timeout_us = u64::try_from(plan.timeout.as_micros()).unwrap_or(u64::MAX);
     let mut tracker: Tracker<()> = Tracker::new(timeout_us);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let n_conns = plan.connections.max(1);
+    // With routes, `connections` to each gateway the routes name.
+    let n_conns = match &plan.routes {
+        Some(_) => plan.connections.max(1) * plan.gateway.len().max(1),
+        None => plan.connections.max(1),
+    };
     let mut conns = Conns {
         addrs: plan.gateway.clone(),
         writers: (0..n_conns).map(|_| None).collect(),
@@ -237,7 +277,8 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
     let now_us = || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let send_until = plan.duration.map(|d| start + d);
     let mut next_status = start + Duration::from_secs(1);
-    let mut out = BytesMut::new();
+    let mut outs: Vec<BytesMut> = (0..n_conns).map(|_| BytesMut::new()).collect();
+    let mut reqs = Vec::new();
     let mut done = Vec::new();
     loop {
         let sending = plan.count.map_or(true, |c| report.sent < c)
@@ -255,21 +296,26 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
             let due = plan.count.map_or(due, |c| due.min(c));
             let batch = due.saturating_sub(report.sent);
             if batch > 0 {
-                for c in 0..n_conns {
+                for out in &mut outs {
                     out.clear();
-                    let mine =
-                        (0..batch).filter(|k| (report.sent + k) % n_conns as u64 == c as u64);
-                    let mut n = 0;
-                    for k in mine {
-                        let id = tracker.start(now_us(), ());
-                        encode_push(&mut out, &request(plan, report.sent + k), id, plan.flags);
-                        n += 1;
+                }
+                for k in 0..batch {
+                    reqs.clear();
+                    requests(plan, report.sent + k, n_conns, &mut reqs);
+                    if reqs.is_empty() {
+                        *report.outcomes.entry(Outcome::NoRoute).or_default() += 1;
                     }
-                    if n == 0 {
+                    for (c, push) in reqs.drain(..) {
+                        let id = tracker.start(now_us(), ());
+                        encode_push(&mut outs[c % n_conns], &push, id, plan.flags);
+                    }
+                }
+                for (c, out) in outs.iter().enumerate() {
+                    if out.is_empty() {
                         continue;
                     }
                     if let Some(w) = conns.writer(c, &mut report).await {
-                        if w.write_all(&out).await.is_err() {
+                        if w.write_all(out).await.is_err() {
                             conns.writers[c] = None;
                         }
                     }

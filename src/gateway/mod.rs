@@ -4,6 +4,7 @@
 //! - [`codec`]: GATEWAY_PUSH and GatewayKickUser bodies, OK / ERROR replies.
 //! - [`result`]: the GatewayPushResult JSON in a reply's data.
 //! - [`route`]: a user's routes in Redis (`mp:ur:<userId>`), where a push must go.
+//! - [`route_store`]: those routes in Redis: written by `serve`, read by `push --redis`.
 //! - [`tracker`]: requests in flight, matched by header message id in completion order,
 //!   "no reply" after the client's own timeout.
 //! - [`driver`]: the thin tokio driver: connections, pacing, the run's report.
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod driver;
 pub mod result;
 pub mod route;
+pub mod route_store;
 pub mod tracker;
 
 pub use codec::{decode_push, encode_push, GatewayKickUser, GatewayPush, GatewayReply};

@@ -22,6 +22,9 @@ pub enum Outcome {
     Error(u8),
     /// No reply before the client's own timeout.
     NoReply,
+    /// Route lookup (`push --redis`) found no online route: nothing sent (upstream reports
+    /// OFFLINE without touching the gateway, 8.2).
+    NoRoute,
 }
 
 impl Outcome {

@@ -98,6 +98,9 @@ pub struct ServeArgs {
     pub gateway_ack_race: bool,
     /// Keep reusable sessions in Redis (`mp:rs:<sessionId>`, as the real server does) instead
     /// of memory: `redis://HOST:PORT/DB`, `redis-cluster://...` or `redis-sentinel://...`.
+    /// With `--gateway`, users' routes go there too (`mp:ur:<userId>`, written at bind,
+    /// marked offline at unbind and close), and a push for a user held by another server
+    /// gets ROUTER_CHANGE.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// Registering in ZooKeeper as the real server does (`--zookeeper`, ...).
@@ -170,6 +173,7 @@ impl ServeArgs {
             },
             gateway: self.gateway,
             gateway_ack_race: self.gateway_ack_race,
+            routes_redis: self.redis.clone(),
         })
     }
 }

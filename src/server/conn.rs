@@ -51,6 +51,12 @@ pub(crate) async fn run(
     };
     let reason = conn.drive(cmds, shutdown).await;
     tracing::debug!(conn = id.0, %peer, reason = reason.name(), "connection closed");
+    // Its routes in Redis read offline before the close is counted (8.2).
+    if let Some(remote) = conn.shared.remote.get() {
+        for (user, ct) in conn.shared.routes_of_conn(id) {
+            remote.unbind(&user, ct, id).await;
+        }
+    }
     // Counted before the socket closes, so a peer that sees the close sees the counters.
     conn.shared.remove_conn(id, reason);
     let _ = conn.stream.shutdown().await;
@@ -249,6 +255,14 @@ impl Conn {
                     client_type,
                     tags,
                 } => {
+                    if let Some(remote) = self.shared.remote.get() {
+                        // In Redis before the bind's OK is flushed, as the real server.
+                        let device = self.session.device_id().unwrap_or_default().to_owned();
+                        let os = self.session.os_name().unwrap_or_default().to_owned();
+                        remote
+                            .bind(&user_id, client_type, self.id, &device, &os)
+                            .await;
+                    }
                     self.shared
                         .register_route(user_id, client_type, self.id, tags);
                 }
@@ -256,6 +270,9 @@ impl Conn {
                     user_id,
                     client_type,
                 } => {
+                    if let Some(remote) = self.shared.remote.get() {
+                        remote.unbind(&user_id, client_type, self.id).await;
+                    }
                     self.shared.unregister_route(user_id, client_type, self.id);
                 }
                 Effect::Acked(msg_id) => {

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub gateway: Option<SocketAddr>,
     /// Fault: reproduce the real server's ack race on the gateway port (8.6), every time.
     pub gateway_ack_race: bool,
+    /// Redis for users' routes (`mp:ur:`, PROTOCOL.md 8.2), written at bind and cleared at
+    /// unbind and close when the server has a gateway port; `None`: local routes only.
+    pub routes_redis: Option<String>,
 }
 
 impl ServerConfig {
@@ -86,6 +89,7 @@ impl ServerConfig {
             capacity: CapacityLimits::default(),
             gateway: None,
             gateway_ack_race: false,
+            routes_redis: None,
         }
     }
 }

@@ -83,6 +83,11 @@ impl Routes {
         routes.len()
     }
 
+    /// The (user, client type) routes that point at `conn`.
+    pub(crate) fn of_conn(&self, conn: ConnId) -> Vec<(String, ClientType)> {
+        self.by_conn.get(&conn).cloned().unwrap_or_default()
+    }
+
     /// The connections `user` is routed to, one per client type.
     pub(crate) fn of_user(&self, user: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.by_user

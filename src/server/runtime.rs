@@ -95,6 +95,14 @@ impl Server {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        if let (Some(url), Some(gw)) = (&config.routes_redis, gateway_addr) {
+            let store = rt
+                .block_on(crate::gateway::route_store::RouteStore::connect(url))
+                .map_err(|e| io::Error::other(format!("routes in Redis: {e:#}")))?;
+            let _ = shared
+                .remote
+                .set(super::gateway::remote::RemoteRoutes::new(store, gw));
+        }
         let local_addr = listener.local_addr()?;
         let admin_addr = admin_listener
             .as_ref()

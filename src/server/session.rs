@@ -164,6 +164,11 @@ impl ServerSession {
         self.ctx.as_deref().map(|c| c.device_id.as_str())
     }
 
+    /// The handshake's osName, once handshaked or fast-connected.
+    pub fn os_name(&self) -> Option<&str> {
+        self.ctx.as_deref().map(|c| c.os_name.as_str())
+    }
+
     /// The bound user, if any.
     pub fn user_id(&self) -> Option<&str> {
         self.ctx.as_deref().and_then(|c| c.user_id.as_deref())

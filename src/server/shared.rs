@@ -197,6 +197,8 @@ pub(crate) struct Shared {
     capacity: Mutex<Capacity>,
     /// The gateway port's ack waits, bind tags and counters.
     pub(crate) gateway: super::gateway::GatewayState,
+    /// Users' routes in Redis, with `--redis` and a gateway port (set once at start).
+    pub(crate) remote: std::sync::OnceLock<super::gateway::remote::RemoteRoutes>,
 }
 
 /// Which capacity bucket a request draws from.
@@ -242,6 +244,7 @@ impl Shared {
             },
             capacity: Mutex::new(Capacity::new(capacity)),
             gateway: super::gateway::GatewayState::default(),
+            remote: std::sync::OnceLock::new(),
         }
     }
 
@@ -335,6 +338,11 @@ impl Shared {
         if lock(&self.routes).remove(&user_id, ct, me) {
             self.gateway.forget_conn(me);
         }
+    }
+
+    /// The (user, client type) routes that point at `conn`.
+    pub(crate) fn routes_of_conn(&self, conn: ConnId) -> Vec<(String, ClientType)> {
+        lock(&self.routes).of_conn(conn)
     }
 
     /// The connection `user_id`'s route of client type `ct` points to.

@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use crossbeam_channel::Sender;
 
 use super::core::{ShardCore, SinkToken};
-use super::ShardConfig;
+use super::{Report, ShardConfig};
 use crate::sink::SinkRecord;
 
 /// Hands the core's waiting deliveries to the sink until it is full. A record's `on_taken`
@@ -66,5 +66,29 @@ pub(super) fn bind_address_no_port(fd: RawFd) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sends the core's statistics, then its probe receipts if it noted any (`run --push-rate`),
+/// to the control plane: one message each, batched per report.
+pub(super) fn report(
+    core: &mut ShardCore,
+    shard: usize,
+    epoch: std::time::Instant,
+    reports: &Sender<Report>,
+) {
+    let _ = reports.send(Report::Stats {
+        shard,
+        stats: Box::new(core.stats().clone()),
+    });
+    let mut receipts = Vec::new();
+    let dropped = core.take_push_receipts(&mut receipts);
+    if !receipts.is_empty() || dropped > 0 {
+        let _ = reports.send(Report::PushReceipts {
+            shard,
+            epoch,
+            receipts,
+            dropped,
+        });
     }
 }

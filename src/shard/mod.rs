@@ -99,6 +99,17 @@ pub enum Report {
         /// Counters and histograms since the shard started.
         stats: Box<ShardStats>,
     },
+    /// `run --push-rate`'s probe receipts since the last report, in the order noted.
+    PushReceipts {
+        /// Shard number.
+        shard: usize,
+        /// The instant the receipts' `at_us` count from (the shard's clock).
+        epoch: std::time::Instant,
+        /// The receipts.
+        receipts: Vec<core::PushReceipt>,
+        /// Receipts the core dropped because they were not taken in time.
+        dropped: u64,
+    },
 }
 
 /// What a shard leaves behind when it ends.

@@ -198,6 +198,20 @@ counters! {
     counter ever_online: "Devices that have been online at least once.",
     gauge draining_shards:
         "Shards draining for a graceful stop (reads stopped, waiting for the sink's acks).",
+    counter push_sent: "run --push-rate: pushes sent to the gateway.",
+    counter push_received: "run --push-rate: pushes a device of the fleet received (first receipt).",
+    counter push_received_twice: "run --push-rate: receipts of a push already received.",
+    counter push_gateway_ok: "run --push-rate: pushes the gateway answered OK.",
+    by_code push_gateway_errors: "run --push-rate: pushes the gateway answered ERROR, by code.",
+    counter push_no_reply: "run --push-rate: pushes with no gateway reply by the client timeout.",
+    counter push_no_reply_received:
+        "run --push-rate: pushes with no gateway reply that the device received all the same (the ack race).",
+    counter push_no_route: "run --push-rate with Redis routes: pushes for a user with no online route (not sent).",
+    counter push_explained:
+        "run --push-rate: pushes never received, explained by a gateway ERROR or no route.",
+    counter push_lost:
+        "run --push-rate: pushes the gateway took (OK or no reply) that no device received by the end of the grace period.",
+    counter push_foreign: "run --push-rate: receipts carrying the probe header of no push of this run.",
 }
 
 impl Counters {

@@ -32,11 +32,18 @@ pub enum Latency {
     PushToSink,
     /// A connect waiting for the admission window or a retry token.
     WindowWait,
+    /// `run --push-rate`: a push sent to the gateway until its device received it.
+    PushE2e,
+    /// `run --push-rate`: a push sent until its device acked it (AUTO_ACK: on receipt;
+    /// BIZ_ACK: once the sink took it).
+    PushAcked,
+    /// `run --push-rate`: a push sent until the gateway replied (OK or ERROR).
+    PushReply,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 7] = [
+    pub const ALL: [Latency; 10] = [
         Latency::Connect,
         Latency::Handshake,
         Latency::FastConnect,
@@ -44,6 +51,9 @@ impl Latency {
         Latency::HeartbeatRtt,
         Latency::PushToSink,
         Latency::WindowWait,
+        Latency::PushE2e,
+        Latency::PushAcked,
+        Latency::PushReply,
     ];
 
     /// The name used in reports and metrics.
@@ -56,6 +66,9 @@ impl Latency {
             Latency::HeartbeatRtt => "heartbeat_rtt",
             Latency::PushToSink => "push_to_sink",
             Latency::WindowWait => "window_wait",
+            Latency::PushE2e => "push_e2e",
+            Latency::PushAcked => "push_acked",
+            Latency::PushReply => "push_reply",
         }
     }
 }

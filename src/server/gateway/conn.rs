@@ -207,7 +207,11 @@ impl GatewayConn {
         };
         let ct = i8::try_from(push.client_type).map(ClientType).ok();
         let Some(target) = ct.and_then(|ct| sh.route_of(&push.user_id, ct)) else {
-            // No Redis routes here: no local connection means offline (8.5 step 3).
+            // No local connection: Redis says where the user is, if the server has it (8.5
+            // step 3); without it, offline.
+            if let (Some(ct), Some(_)) = (ct, sh.remote.get()) {
+                return self.elsewhere(gw_id, push.user_id, ct, result);
+            }
             return self.error(gw_id, ErrorCode::OFFLINE, result, "offline-end");
         };
         let device_id = sh.next_msg_id();
@@ -264,6 +268,38 @@ impl GatewayConn {
             result.to_json(),
         );
         self.reply(gw_id, reply);
+    }
+
+    /// OFFLINE or ROUTER_CHANGE from the user's route in Redis, answered when the read is
+    /// done (replies go in completion order anyway).
+    fn elsewhere(
+        &mut self,
+        gw_id: MsgId,
+        user: String,
+        ct: ClientType,
+        mut result: PushResultData,
+    ) {
+        let (sh, tx) = (self.shared.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let Some(remote) = sh.remote.get() else {
+                return;
+            };
+            let (code, end) = match remote.elsewhere(&user, ct).await {
+                super::remote::Elsewhere::Moved => (ErrorCode::ROUTER_CHANGE, "redirect-end"),
+                _ => (ErrorCode::OFFLINE, "offline-end"),
+            };
+            result.time_points.push((end, wall_clock_ms()));
+            let reply = GatewayReply::error(
+                Cmd::GatewayPush as u8,
+                code,
+                error_message(code),
+                result.to_json(),
+            );
+            sh.gateway.count(Count::Reply(code.0, false));
+            let mut out = BytesMut::new();
+            reply.encode(&mut out, gw_id);
+            let _ = tx.send(GwEvent::Reply(out.freeze()));
+        });
     }
 
     fn broadcast(&mut self, gw_id: MsgId, push: GatewayPush) {

@@ -7,13 +7,16 @@
 //! - `conn`: one gateway connection's task: refusals, single pushes, broadcasts, replies.
 //! - `filter`: the broadcast filter (tags as substrings; no JavaScript engine for conditions).
 //!
-//! Not modelled (left out, said here so no one relies on it): Redis routes (`mp:ur:`, so a
-//! user with no local connection is OFFLINE, never ROUTER_CHANGE), the write-buffer high mark
+//! - `remote`: users' routes in Redis (`mp:ur:`) with `serve --redis`: written at bind,
+//!   offline at unbind and close; OFFLINE or ROUTER_CHANGE for a user held elsewhere.
+//!
+//! Not modelled (left out, said here so no one relies on it): the write-buffer high mark
 //! (PUSH_CLIENT_FAILURE only when the device write fails), the flow-control limits, taskId's
 //! Redis counters.
 
 pub(crate) mod conn;
 mod filter;
+pub(crate) mod remote;
 mod state;
 
 pub use state::GatewayStats;

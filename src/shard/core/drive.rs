@@ -86,6 +86,9 @@ impl ShardCore {
                 }
             }
             Effect::Deliver(delivery) => {
+                let conn_id = self.slots[slot as usize].conn.as_ref().map(|c| c.id);
+                self.probe
+                    .on_deliver(conn_id, &delivery, self.now, self.cfg.sink);
                 let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
                     return;
                 };

@@ -34,6 +34,7 @@ mod by_server;
 mod drive;
 mod io;
 mod phases;
+pub mod push_probe;
 mod ramp;
 mod read;
 mod search;
@@ -48,6 +49,7 @@ use bytes::{Bytes, BytesMut};
 
 pub use admit::Admission;
 pub use io::{ConnId, Io, TicketOp};
+pub use push_probe::{PushReceipt, ReceiptKind};
 pub use sink::{SinkItem, SinkToken};
 
 use crate::crypto::AesBatch;
@@ -154,6 +156,8 @@ pub struct ShardCore {
     server_table: Vec<SocketAddr>,
     /// Device-driven counters at the end of the last drive.
     seen: by_server::Seen,
+    /// `run --push-rate`'s receipts, for the driver's next report.
+    probe: push_probe::PushProbe,
 }
 
 impl ShardCore {
@@ -203,6 +207,7 @@ impl ShardCore {
             writes_in_flight: 0,
             server_table: Vec::new(),
             seen: by_server::Seen::default(),
+            probe: push_probe::PushProbe::default(),
             cfg,
         }
     }

@@ -67,6 +67,7 @@ impl ShardCore {
     pub fn handle_sink_took(&mut self, now: Now, token: SinkToken) {
         self.now = now;
         self.sink.awaiting = self.sink.awaiting.saturating_sub(1);
+        self.probe.on_sink_took(&token, now);
         let took = now.us.saturating_sub(token.received_us);
         self.shared
             .stats

@@ -222,11 +222,8 @@ impl Driver {
         });
     }
 
-    fn report(&self, reports: &Sender<Report>) {
-        let _ = reports.send(Report::Stats {
-            shard: self.cfg.id,
-            stats: Box::new(self.core.stats().clone()),
-        });
+    fn report(&mut self, reports: &Sender<Report>) {
+        super::glue::report(&mut self.core, self.cfg.id, self.epoch, reports);
     }
 
     /// Cancels every operation in flight and waits for each completion, so that no socket is

@@ -12,6 +12,7 @@
 //! | `POST /fault/expire-sessions` | | `{"expired": n}` |
 //! | `POST /fault/heartbeat-echo` | `{"on": false}` (or path `/on`, `/off`) | the fault switches |
 //! | `POST /fault/reject-new` | `{"on": true}` (or path `/on`, `/off`) | the fault switches |
+//! | `POST /fault/gateway-ack-race` | `{"on": true}` (or path `/on`, `/off`) | the gateway's ack race (PROTOCOL.md 8.6) |
 //! | `POST /fault/delay-ms` | `{"ms": 500}` (or path `/500`) | the fault switches |
 //! | `POST /fault/close-all` | | `{"closed": n}` |
 //! | `POST /fault/garbage` | | `{"sent": n}` |
@@ -166,15 +167,15 @@ async fn fault(ops: &ServerOps, switch: &str, arg: Option<&str>, body: &[u8]) ->
         },
         "close-all" => (200, json!({ "closed": ops.close_all() })),
         "garbage" => (200, json!({ "sent": ops.send_garbage() })),
-        "heartbeat-echo" | "reject-new" => {
+        "heartbeat-echo" | "reject-new" | "gateway-ack-race" => {
             let on = match switch_on(arg, body) {
                 Ok(on) => on,
                 Err(e) => return e,
             };
-            if switch == "heartbeat-echo" {
-                ops.set_heartbeat_echo(on);
-            } else {
-                ops.set_reject_new(on);
+            match switch {
+                "heartbeat-echo" => ops.set_heartbeat_echo(on),
+                "reject-new" => ops.set_reject_new(on),
+                _ => ops.set_gateway_ack_race(on),
             }
             faults(ops)
         }

@@ -171,6 +171,8 @@ pub struct FaultState {
     pub reject_new: bool,
     /// Delay before every write, ms (0: none).
     pub delay_ms: u64,
+    /// Whether the gateway reproduces the real server's ack race (PROTOCOL.md 8.6).
+    pub gateway_ack_race: bool,
 }
 
 #[derive(Debug)]
@@ -527,6 +529,7 @@ impl Shared {
             heartbeat_echo: self.faults.heartbeat_echo.load(Relaxed),
             reject_new: self.faults.reject_new.load(Relaxed),
             delay_ms: self.faults.delay_ms.load(Relaxed),
+            gateway_ack_race: self.gateway.ack_race(),
         }
     }
 

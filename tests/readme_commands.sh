@@ -129,6 +129,11 @@ step "mpush-fleet run --sink 'webhook:http://127.0.0.1:8080/pushes#inflight=32'"
     --sink "webhook:http://127.0.0.1:$hport/pushes#inflight=32"
 kill "$http_pid" 2>/dev/null || true
 
+# End-to-end pushes through the embedded server: every push accounted for, none lost.
+step "mpush-fleet run --devices 10000 --push-rate 5000 --push-count 100000 --push-ack auto --fail-on 'push.lost>0,push.e2e.p99>200ms'" \
+  mpush-fleet run --devices 20 --rate 0 --push-rate 200 --push-count 200 --push-ack auto \
+    --fail-on 'push.lost>0'
+
 # serve with the HTTP proxy on: starts, says where it listens, stops on SIGINT.
 px_out="$work/proxy-serve.out"
 "$BIN" serve --listen 127.0.0.1:0 --quiet --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081 >"$px_out" 2>&1 &

@@ -531,7 +531,8 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
             }
         }
         fleet.poll(Duration::ZERO);
-        let (figures, exit) = p.finish(fleet.take_push_receipts());
+        let figures = p.finish(fleet.take_push_receipts());
+        let exit = figures.exit;
         if exit.connect_failures + exit.bad_frames + exit.unmatched > 0 {
             out.line(&format!(
                 "push gateway: connect failures {}, bad frames {}, unmatched replies {}",
@@ -546,7 +547,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let rss_online = ProcessCost::now().map(|p| p.rss_bytes_online);
     let mut result = fleet.stop()?;
     if let Some(p) = &push_figures {
-        result.stats.merge(p);
+        result.stats.merge(&p.stats);
     }
     out.finish();
     if let Some(sink) = sink {
@@ -559,6 +560,11 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     }
     let mut report = RunReport::new(devices, &result.stats, result.elapsed);
     report.first_device = args.first_device;
+    if let Some(p) = &push_figures {
+        report.push_sending_secs = Some(p.sending_secs);
+        report.push_rate_achieved =
+            Some(p.stats.counters.push_sent as f64 / p.sending_secs.max(1e-9));
+    }
     // Stopping takes every session down: report how many were online when the stop began.
     report.online = online_before_stop;
     for (name, f) in &mut report.servers {

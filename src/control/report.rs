@@ -56,6 +56,12 @@ pub struct RunReport {
     pub stages: Vec<super::phases::PhaseReport>,
     /// Connects, online devices and errors by server address (`HOST:PORT`).
     pub servers: BTreeMap<String, crate::stats::servers::ServerFigures>,
+    /// `run --push-rate`: seconds from the first push sent to the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_sending_secs: Option<f64>,
+    /// `run --push-rate`: pushes sent per second over those seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_rate_achieved: Option<f64>,
 }
 
 /// CPU time and memory of this process, for the whole-system figures (bytes per idle session,
@@ -134,6 +140,8 @@ impl RunReport {
             capacity: stats.stages.capacity,
             stages: super::phases::phase_reports(&stats.stages),
             servers: stats.servers.by_name(),
+            push_sending_secs: None,
+            push_rate_achieved: None,
         }
     }
 }

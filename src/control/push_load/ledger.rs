@@ -65,6 +65,8 @@ pub struct Ledger {
     received_bits: Vec<u64>,
     grace_us: u64,
     stats: ShardStats,
+    /// First and last send, µs (for the achieved push rate).
+    sends: Option<(u64, u64)>,
 }
 
 impl Ledger {
@@ -76,12 +78,19 @@ impl Ledger {
             received_bits: Vec::new(),
             grace_us,
             stats: ShardStats::default(),
+            sends: None,
         }
     }
 
     /// The push figures so far (counters and the three push latencies; all else zero).
     pub fn stats(&self) -> &ShardStats {
         &self.stats
+    }
+
+    /// Seconds from the first send to the last (0 before two sends).
+    pub fn sending_secs(&self) -> f64 {
+        self.sends
+            .map_or(0.0, |(first, last)| (last - first) as f64 / 1e6)
     }
 
     /// Pushes not settled yet.
@@ -111,6 +120,10 @@ impl Ledger {
             return;
         }
         self.stats.counters.push_sent += 1;
+        self.sends = Some(
+            self.sends
+                .map_or((now_us, now_us), |(first, _)| (first, now_us)),
+        );
         self.window.push_back(Entry {
             sent_us: now_us,
             sent_wall_us,

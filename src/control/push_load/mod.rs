@@ -19,6 +19,17 @@ use crate::stats::ShardStats;
 pub use ledger::{Ledger, Reply};
 pub use pusher::{Gateways, PushEvent, Pusher, PusherConfig, PusherExit};
 
+/// What a finished push run leaves.
+#[derive(Debug)]
+pub struct PushFigures {
+    /// The push counters and latencies.
+    pub stats: ShardStats,
+    /// The pusher's gateway connection figures.
+    pub exit: PusherExit,
+    /// Seconds from the first send to the last.
+    pub sending_secs: f64,
+}
+
 /// A pusher and its ledger, driven from the control plane's loop.
 pub struct PushRun {
     pusher: Pusher,

@@ -109,15 +109,16 @@ impl PushRun {
 
     /// Waits for the pusher's requests to end, takes `receipts` (the shards' last), judges
     /// every push still open (lost unless received or explained) and returns the figures.
-    pub fn finish(
-        mut self,
-        receipts: Vec<(Instant, Vec<PushReceipt>)>,
-    ) -> (ShardStats, PusherExit) {
+    pub fn finish(mut self, receipts: Vec<(Instant, Vec<PushReceipt>)>) -> PushFigures {
         self.stop_sending();
         let exit = self.pusher.join();
         self.pump(receipts);
         self.ledger.settle(u64::MAX, true);
-        (self.ledger.stats().clone(), exit)
+        PushFigures {
+            stats: self.ledger.stats().clone(),
+            exit,
+            sending_secs: self.ledger.sending_secs(),
+        }
     }
 
     /// The push figures so far.

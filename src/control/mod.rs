@@ -9,7 +9,9 @@
 //! - [`supervisor`], [`worker`]: `run --processes`, one fleet in several processes.
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
+pub mod api;
 pub mod cli;
+pub mod devices_file;
 pub mod embedded;
 pub mod fail_on;
 pub mod merge;
@@ -119,6 +121,7 @@ pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
 
 struct ShardCtl {
     commands: Sender<Command>,
+    devices: std::ops::Range<u32>,
     thread: JoinHandle<ShardExit>,
 }
 
@@ -197,6 +200,7 @@ impl Fleet {
                 .with_context(|| format!("spawning shard {id}"))?;
             shards.push(ShardCtl {
                 commands: cmd_tx,
+                devices: lo..hi,
                 thread,
             });
         }
@@ -208,6 +212,21 @@ impl Fleet {
             latest,
             started: Instant::now(),
         })
+    }
+
+    /// The control API's view of the fleet: its shards' ranges and channels. Devices added
+    /// through it get indices after the fleet's own range.
+    pub fn control_plane(&self) -> api::ControlPlane {
+        let links = self
+            .shards
+            .iter()
+            .map(|s| api::ShardLink {
+                devices: s.devices.clone(),
+                commands: s.commands.clone(),
+            })
+            .collect();
+        let next = self.cfg.first_device.saturating_add(self.cfg.devices);
+        api::ControlPlane::new(links, &self.cfg.device, next)
     }
 
     /// The configuration it runs.

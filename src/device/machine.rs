@@ -363,12 +363,12 @@ impl Device {
         if !std::mem::replace(&mut self.was_online, true) {
             sh.stats.counters.ever_online += 1;
         }
-        if sh.cfg.bind {
+        if sh.cfg.binds(self.index) {
             self.send_bind(now, sh);
         }
     }
 
-    fn send_bind(&mut self, now: Now, sh: &Shared) {
+    pub(super) fn send_bind(&mut self, now: Now, sh: &Shared) {
         let State::Online(o) = &mut self.state else {
             return;
         };

@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod control;
 mod down;
+mod identity;
 mod machine;
 mod poll;
 mod state;
@@ -22,6 +24,7 @@ use rand::SeedableRng;
 
 mod ticket;
 pub use config::{DeviceConfig, Template};
+pub use identity::{Binding, ClientFields, Identities, Identity};
 pub use ticket::ClientTicket;
 pub use transmit::Transmit;
 

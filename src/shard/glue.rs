@@ -5,8 +5,9 @@ use std::os::fd::RawFd;
 
 use crossbeam_channel::Sender;
 
-use super::core::{ShardCore, SinkToken};
-use super::ShardConfig;
+use super::core::{Request, ShardCore, SinkToken};
+use super::{ControlReply, ShardConfig};
+use crate::device::Now;
 use crate::sink::SinkRecord;
 
 /// Hands the core's waiting deliveries to the sink until it is full. A record's `on_taken`
@@ -24,10 +25,9 @@ pub(super) fn deliver<W>(
     };
     while let Some(item) = core.peek_delivery() {
         let (tx, wake, token) = (took.clone(), wake.clone(), item.token);
-        let device = u64::from(item.device);
         let record = SinkRecord {
-            device_id: cfg.device.device_id.render(device),
-            user_id: cfg.device.user_id.render(device),
+            device_id: cfg.device.device_id_of(item.device),
+            user_id: cfg.device.user_id_of(item.device),
             msg_id: item.delivery.msg_id.0,
             flags: item.delivery.flags.0,
             content: item.delivery.content.clone(),
@@ -42,6 +42,37 @@ pub(super) fn deliver<W>(
         } else {
             core.sink_full();
             break;
+        }
+    }
+}
+
+/// Control requests handed to the core and not yet answered.
+#[derive(Default)]
+pub(super) struct ControlReplies {
+    next: u64,
+    waiting: std::collections::HashMap<u64, ControlReply>,
+}
+
+impl ControlReplies {
+    /// Hands `request` to the core; its answer goes to `reply`.
+    pub(super) fn request(
+        &mut self,
+        core: &mut ShardCore,
+        now: Now,
+        request: Request,
+        reply: ControlReply,
+    ) {
+        self.next += 1;
+        self.waiting.insert(self.next, reply);
+        core.handle_control(now, self.next, request);
+    }
+
+    /// Sends the core's answers (a caller that gave up is no error).
+    pub(super) fn answer(&mut self, core: &mut ShardCore) {
+        while let Some((id, answer)) = core.poll_control() {
+            if let Some(reply) = self.waiting.remove(&id) {
+                let _ = reply.send(answer);
+            }
         }
     }
 }

@@ -87,7 +87,12 @@ pub enum Command {
     /// Connect from now on to these servers, round-robin (names re-resolved or servers
     /// discovered by the control plane).
     Servers(Vec<SocketAddr>),
+    /// A control-API request for one of the shard's devices; the answer goes to `reply`.
+    Control(core::Request, ControlReply),
 }
+
+/// Where a shard sends a control answer.
+pub type ControlReply = tokio::sync::oneshot::Sender<core::Answer>;
 
 /// What a shard tells the control plane.
 #[derive(Debug)]

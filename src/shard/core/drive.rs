@@ -23,6 +23,7 @@ impl ShardCore {
         }
         self.update_admission(slot);
         self.attribute(server);
+        self.count_drive(slot);
     }
 
     /// Output without frames to seal is written at once; output with some waits for the
@@ -66,7 +67,7 @@ impl ShardCore {
     }
 
     fn apply(&mut self, slot: u32, effect: Effect) {
-        let device = self.cfg.first_device + slot;
+        let device = self.slots[slot as usize].device.index();
         match effect {
             Effect::LoadTicket => self.tickets.push_back(TicketOp::Load(device)),
             Effect::SaveTicket(ticket) => {

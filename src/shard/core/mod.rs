@@ -31,6 +31,7 @@
 
 mod admit;
 mod by_server;
+mod control;
 mod drive;
 mod io;
 mod phases;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 pub use admit::Admission;
+pub use control::{Answer, DeviceCounters, DeviceState, Request};
 pub use io::{ConnId, Io, TicketOp};
 pub use sink::{SinkItem, SinkToken};
 
@@ -154,6 +156,8 @@ pub struct ShardCore {
     server_table: Vec<SocketAddr>,
     /// Device-driven counters at the end of the last drive.
     seen: by_server::Seen,
+    /// Added and removed devices, per-device counters, control answers.
+    control: control::ControlState,
 }
 
 impl ShardCore {
@@ -161,16 +165,7 @@ impl ShardCore {
     pub fn new(cfg: CoreConfig, now: Now) -> Self {
         let threshold = cfg.device.limits.compress_threshold;
         let slots = (0..cfg.devices)
-            .map(|slot| Slot {
-                device: Device::new(cfg.first_device + slot),
-                gen: 0,
-                conn: None,
-                armed: Tick::NEVER,
-                sealing: None,
-                admit: Admit::Idle,
-                connected_before: false,
-                server: by_server::NO_SERVER,
-            })
+            .map(|slot| Slot::new(cfg.first_device + slot))
             .collect();
         let mut shared = Shared::new(cfg.device.clone(), cfg.seed);
         shared.stats.stages.phases = phases::stage_stats(&cfg.plan);
@@ -203,8 +198,10 @@ impl ShardCore {
             writes_in_flight: 0,
             server_table: Vec::new(),
             seen: by_server::Seen::default(),
+            control: Default::default(),
             cfg,
         }
+        .counting_listed()
     }
 
     /// The shard's counters and histograms.
@@ -301,10 +298,7 @@ impl ShardCore {
     /// The answer to [`TicketOp::Load`] for global device index `device`.
     pub fn handle_ticket(&mut self, now: Now, device: u32, ticket: Option<ClientTicket>) {
         self.now = now;
-        let Some(slot) = device.checked_sub(self.cfg.first_device) else {
-            return;
-        };
-        if slot < self.cfg.devices {
+        if let Some(slot) = self.slot_of(device) {
             self.event(slot, Event::Ticket(ticket));
         }
     }
@@ -328,6 +322,7 @@ impl ShardCore {
         self.sink.full = false;
         self.resume_drained();
         self.advance_stop(tick);
+        self.advance_retiring(tick);
         self.seal_turn();
     }
 

@@ -60,6 +60,7 @@ struct Driver {
     rx: BytesMut,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    control: super::glue::ControlReplies,
     /// The core got input outside the feed (a write to a gone connection): run a turn now.
     again: bool,
     exiting: bool,
@@ -125,6 +126,7 @@ pub(super) fn run(
         rx: BytesMut::with_capacity(RECV_BUFFER_SIZE as usize),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        control: Default::default(),
         again: false,
         exiting: false,
     };
@@ -159,6 +161,9 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Control(request, reply) => {
+                        self.control.request(&mut self.core, now, request, reply);
+                    }
                 }
             }
             self.ring.reap(&mut cqes);
@@ -206,6 +211,7 @@ impl Driver {
     /// Queues the turn's I/O, sends its ticket requests, hands its pushes to the sink.
     fn flush(&mut self, now: Now) {
         self.deliver();
+        self.control.answer(&mut self.core);
         while let Some(io) = self.core.poll_io() {
             self.start(now, io);
         }

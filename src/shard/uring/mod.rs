@@ -32,6 +32,7 @@ struct Driver {
     completions: VecDeque<Completion>,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    control: super::glue::ControlReplies,
 }
 
 pub(super) async fn run(
@@ -70,6 +71,7 @@ pub(super) async fn run(
         completions: VecDeque::new(),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        control: Default::default(),
     };
     d.main_loop(&commands, &reports).await;
     d.report(&reports);
@@ -99,6 +101,9 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Control(request, reply) => {
+                        self.control.request(&mut self.core, now, request, reply);
+                    }
                 }
             }
             self.feed(now);
@@ -168,6 +173,7 @@ impl Driver {
     /// Starts the turn's I/O, sends its ticket requests, hands its pushes to the sink.
     fn flush(&mut self) {
         self.deliver();
+        self.control.answer(&mut self.core);
         while let Some(io) = self.core.poll_io() {
             self.start(io);
         }

@@ -129,6 +129,11 @@ step "mpush-fleet run --sink 'webhook:http://127.0.0.1:8080/pushes#inflight=32'"
     --sink "webhook:http://127.0.0.1:$hport/pushes#inflight=32"
 kill "$http_pid" 2>/dev/null || true
 
+# A devices file and the control API: the fleet comes up under the listed ids.
+printf '%s\n' '{"deviceId":"phone-a","userId":"alice"}' '{"deviceId":"kiosk-7"}' >"$work/devices.jsonl"
+step "mpush-fleet run --server 10.0.0.5:3000 --devices-file devices.jsonl --control 127.0.0.1:9200" \
+  mpush-fleet run --server "$server" --devices-file "$work/devices.jsonl" --control 127.0.0.1:0 $short
+
 # serve with the HTTP proxy on: starts, says where it listens, stops on SIGINT.
 px_out="$work/proxy-serve.out"
 "$BIN" serve --listen 127.0.0.1:0 --quiet --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081 >"$px_out" 2>&1 &

@@ -428,7 +428,18 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     let devices = cfg.devices;
-    let cfg_binds = cfg.device.bind;
+    // The devices that bind: all (or none) of a template fleet, those with a user of a list.
+    let binding = if cfg.device.identities.is_empty() {
+        if cfg.device.bind {
+            u64::from(devices)
+        } else {
+            0
+        }
+    } else {
+        (cfg.first_device..cfg.first_device + devices)
+            .filter(|&i| cfg.device.binds(i))
+            .count() as u64
+    };
     let sink = match &args.sink {
         Some(spec) => {
             Some(Sink::start(spec.clone(), args.sink_capacity).context("starting the sink")?)
@@ -525,7 +536,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         if args.stop_when_online && !args.worker {
             let c = fleet.counters();
             let all = u64::from(devices);
-            if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
+            if c.ever_online >= all && c.bound >= binding {
                 break;
             }
         }

@@ -33,6 +33,7 @@ impl Device {
             return false;
         };
         o.bound = false;
+        o.bind_tries = 0;
         self.timers.stop(Timer::Request);
         self.owed.clear(Owed::BIND);
         self.owed.set(Owed::UNBIND);

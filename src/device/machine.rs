@@ -275,7 +275,10 @@ impl Device {
             (_, ServerMessage::Error(e)) if e.code == ErrorCode::REPEAT_HANDSHAKE => {
                 sh.stats.counters.error(e.code.0);
             }
-            (State::Online(o), ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 && !o.bound => {
+            // bind_tries is 0 after an unbind: a late OK of the bind before it binds nothing.
+            (State::Online(o), ServerMessage::Ok(ok))
+                if ok.cmd == Cmd::Bind as u8 && !o.bound && o.bind_tries > 0 =>
+            {
                 o.bound = true;
                 self.timers.stop(Timer::Request);
                 sh.stats.counters.bound += 1;

@@ -523,6 +523,8 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod control_tests;
+#[cfg(test)]
 mod overload;
 #[cfg(test)]
 mod servers_tests;

@@ -4,7 +4,8 @@
 //!
 //! A removed device closes gracefully: its connection stops reading, the sink takes what it
 //! received and the earned acks go out, then it closes and its slot is free for the next
-//! added device (from the next turn, so nothing of the old connection's turn is mixed in).
+//! added device. A slot is freed only at the end of a turn, before the turn's output is
+//! sealed, so an add (always a later input) never meets the old device's output.
 //! The drain waits at most the shard's drain timeout, as a graceful stop does.
 //!
 //! Per-device counters are kept only for devices the control API knows about (listed, added
@@ -79,6 +80,7 @@ pub enum Answer {
 
 /// Where one device is, and what it has done since the control API began to count it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeviceState {
     /// The device's global index.
     pub index: u32,
@@ -97,7 +99,7 @@ pub struct DeviceState {
     pub counters: DeviceCounters,
 }
 
-/// One device's counters.
+/// One device's counters (named as the report's counters are).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceCounters {
     /// TCP connects that succeeded.
@@ -184,8 +186,6 @@ pub(super) struct ControlState {
     added: HashMap<u32, u32>,
     /// Slots free for the next added device.
     free: HashSet<u32>,
-    /// Slots freed this turn (free from the next).
-    freeing: Vec<u32>,
     /// Slots being removed.
     retiring: Vec<u32>,
     /// Records handed to the sink and not yet taken, per connection: a removed device
@@ -197,7 +197,7 @@ pub(super) struct ControlState {
 impl ControlState {
     /// Whether `slot` was retired and not reused (the ramp leaves it alone).
     pub(super) fn is_free(&self, slot: u32) -> bool {
-        !self.free.is_empty() && (self.free.contains(&slot) || self.freeing.contains(&slot))
+        !self.free.is_empty() && self.free.contains(&slot)
     }
 }
 
@@ -231,9 +231,14 @@ impl ShardCore {
         self.control.answers.pop_front()
     }
 
+    /// Whether an answer waits for [`poll_control`](Self::poll_control).
+    pub fn has_control_answer(&self) -> bool {
+        !self.control.answers.is_empty()
+    }
+
     /// Slots in use by devices (the shard's own range and added ones, minus free ones).
     pub fn devices_running(&self) -> u32 {
-        (self.slots.len() - self.control.free.len() - self.control.freeing.len()) as u32
+        (self.slots.len() - self.control.free.len()) as u32
     }
 
     /// The slot of global device `device`, if it is in this shard and not removed.
@@ -366,9 +371,8 @@ impl ShardCore {
     }
 
     /// At the end of a turn: removed devices whose pushes the sink took (or whose drain timed
-    /// out) close, and their slots are freed; slots freed last turn become reusable.
+    /// out) close, and their slots are freed.
     pub(super) fn advance_retiring(&mut self, now: Tick) {
-        self.control.free.extend(self.control.freeing.drain(..));
         if self.control.retiring.is_empty() {
             return;
         }
@@ -394,7 +398,7 @@ impl ShardCore {
             let device = s.device.index();
             self.control.added.remove(&device);
             self.control.extras.remove(&slot);
-            self.control.freeing.push(slot);
+            self.control.free.insert(slot);
             self.control.answers.push_back((id, Answer::Done(state)));
             false
         });

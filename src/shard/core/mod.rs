@@ -40,6 +40,7 @@ mod search;
 mod sink;
 mod stop;
 mod timers;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use bytes::{Bytes, BytesMut};
 pub use admit::Admission;
 pub use io::{ConnId, Io, TicketOp};
 pub use sink::{SinkItem, SinkToken};
+pub use upstream::{UpstreamDone, UpstreamLoad, LOAD_TAG};
 
 use crate::crypto::AesBatch;
 use crate::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
@@ -93,6 +95,8 @@ pub struct CoreConfig {
     pub admission: Admission,
     /// The phases to run (empty: the ramp at `rate_per_sec`, then running until stopped).
     pub plan: crate::stages::Plan,
+    /// Device-originated load (device pushes, HTTP_PROXY requests) to generate.
+    pub upstream: UpstreamLoad,
 }
 
 /// One device and its connection.
@@ -154,6 +158,8 @@ pub struct ShardCore {
     server_table: Vec<SocketAddr>,
     /// Device-driven counters at the end of the last drive.
     seen: by_server::Seen,
+    /// Upstream outcomes for callers and the upstream load's pace.
+    upstream: upstream::Upstream,
 }
 
 impl ShardCore {
@@ -203,6 +209,7 @@ impl ShardCore {
             writes_in_flight: 0,
             server_table: Vec::new(),
             seen: by_server::Seen::default(),
+            upstream: Default::default(),
             cfg,
         }
     }
@@ -328,6 +335,7 @@ impl ShardCore {
         self.sink.full = false;
         self.resume_drained();
         self.advance_stop(tick);
+        self.pace_upstream(tick);
         self.seal_turn();
     }
 
@@ -362,6 +370,7 @@ impl ShardCore {
         at(self.ramp.next_start(now));
         at(self.gate.next_token(now));
         at(self.stages_next(now));
+        at(self.upstream_next());
         if !self.sink.backlog.is_empty() {
             at(Some(now.after(SINK_RETRY_MS)));
         }
@@ -379,7 +388,10 @@ impl ShardCore {
 
     /// Whether the core has I/O or requests the driver has not taken.
     pub fn has_output(&self) -> bool {
-        !self.io.is_empty() || !self.tickets.is_empty() || self.peek_delivery().is_some()
+        !self.io.is_empty()
+            || !self.tickets.is_empty()
+            || self.peek_delivery().is_some()
+            || self.has_upstream_output()
     }
 
     // ----- internals -----

@@ -60,6 +60,8 @@ struct Driver {
     rx: BytesMut,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
     /// The core got input outside the feed (a write to a gone connection): run a turn now.
     again: bool,
     exiting: bool,
@@ -108,6 +110,7 @@ pub(super) fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let slots = core_cfg.devices;
     let mut d = Driver {
@@ -125,11 +128,13 @@ pub(super) fn run(
         rx: BytesMut::with_capacity(RECV_BUFFER_SIZE as usize),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        replies: Default::default(),
         again: false,
         exiting: false,
     };
     d.arm_wake();
     d.main_loop(&commands, &reports);
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     d.teardown();
     ShardExit {
@@ -159,6 +164,7 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.ring.reap(&mut cqes);
@@ -216,6 +222,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let waker = self.waker.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             waker.wake()

@@ -32,6 +32,8 @@ struct Driver {
     completions: VecDeque<Completion>,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
 }
 
 pub(super) async fn run(
@@ -58,6 +60,7 @@ pub(super) async fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let mut d = Driver {
         core: ShardCore::new(core_cfg, now(epoch)),
@@ -70,8 +73,10 @@ pub(super) async fn run(
         completions: VecDeque::new(),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        replies: Default::default(),
     };
     d.main_loop(&commands, &reports).await;
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     ShardExit {
         stats: d.core.stats().clone(),
@@ -99,6 +104,7 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.feed(now);
@@ -203,6 +209,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let wake = self.wake.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             wake.notify_one()

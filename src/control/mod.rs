@@ -69,6 +69,9 @@ pub struct FleetConfig {
     pub driver: crate::shard::DriverKind,
     /// The fleet's phases (`--stages`, `--rate auto`); each shard runs them on its share.
     pub plan: crate::stages::Plan,
+    /// Device-originated load across the fleet (`--device-push-rate`, `--http-proxy-rate`);
+    /// each shard generates its share of the rates.
+    pub upstream: crate::shard::core::UpstreamLoad,
 }
 
 impl Default for FleetConfig {
@@ -90,6 +93,7 @@ impl Default for FleetConfig {
             admission: Default::default(),
             driver: Default::default(),
             plan: Default::default(),
+            upstream: Default::default(),
         }
     }
 }
@@ -187,6 +191,11 @@ impl Fleet {
                 drain_timeout: cfg.drain_timeout,
                 admission: shard_admission(&cfg.admission, share),
                 driver: cfg.driver,
+                upstream: crate::shard::core::UpstreamLoad {
+                    push_rate: cfg.upstream.push_rate * share,
+                    http_rate: cfg.upstream.http_rate * share,
+                    ..cfg.upstream.clone()
+                },
                 plan: cfg.plan.for_shard(
                     lo - cfg.first_device,
                     hi - cfg.first_device,

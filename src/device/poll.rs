@@ -38,6 +38,7 @@ impl Device {
                 wrote = true;
             }
         }
+        wrote |= self.transmit_upstream(now, sh, out);
         if self.owed.take(Owed::HEARTBEAT) {
             out.heartbeat();
             wrote = true;
@@ -80,7 +81,8 @@ impl Device {
     }
 
     /// The next thing the shell should do for this device, in the order a shell can rely
-    /// on: LoadTicket, Connect, DeleteTicket, SaveTicket, Deliver, then Close.
+    /// on: LoadTicket, Connect, DeleteTicket, SaveTicket, Deliver, Upstream (each finished
+    /// request), then Close.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
         if self.owed.take(Owed::LOAD_TICKET) {
@@ -92,19 +94,26 @@ impl Device {
         if self.owed.take(Owed::DELETE_TICKET) {
             return Some(Effect::DeleteTicket);
         }
+        if let State::Online(o) = &mut self.state {
+            if !matches!(o.held, Held::None) {
+                return match std::mem::take(&mut o.held) {
+                    Held::None => None,
+                    Held::SaveTicket {
+                        session_id,
+                        expire_time_ms,
+                    } => Some(Effect::SaveTicket(ClientTicket {
+                        session_id,
+                        expire_time_ms,
+                        cipher: o.cipher.clone(),
+                    })),
+                    Held::Deliver(d) => Some(Effect::Deliver(d)),
+                };
+            }
+        }
+        if let Some(done) = self.poll_upstream() {
+            return Some(Effect::Upstream(done));
+        }
         match &mut self.state {
-            State::Online(o) => match std::mem::take(&mut o.held) {
-                Held::None => None,
-                Held::SaveTicket {
-                    session_id,
-                    expire_time_ms,
-                } => Some(Effect::SaveTicket(ClientTicket {
-                    session_id,
-                    expire_time_ms,
-                    cipher: o.cipher.clone(),
-                })),
-                Held::Deliver(d) => Some(Effect::Deliver(d)),
-            },
             State::Backoff(d) | State::Stopped(d) => d.close.take().map(Effect::Close),
             _ => None,
         }

@@ -99,3 +99,58 @@ pub(super) fn bind_address_no_port(fd: RawFd) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The replies owed for [`Command::Upstream`](super::Command::Upstream)s: the core gets a
+/// tag of the driver's per command; its outcome goes back on the command's channel with the
+/// caller's own tag.
+#[derive(Default)]
+pub(super) struct Replies {
+    waiting: std::collections::HashMap<u64, (u64, Sender<super::UpstreamReply>)>,
+    next: u64,
+}
+
+impl Replies {
+    /// Starts the command's request on its device.
+    pub(super) fn start(
+        &mut self,
+        core: &mut ShardCore,
+        now: crate::device::Now,
+        cmd: super::UpstreamCommand,
+    ) {
+        // Never the core's own LOAD_TAG (u64::MAX): the counter would take 2^64 commands.
+        let tag = self.next;
+        self.next += 1;
+        self.waiting.insert(tag, (cmd.tag, cmd.reply));
+        let timeout_ms = u32::try_from(cmd.timeout.as_millis()).unwrap_or(u32::MAX);
+        core.start_upstream(now, cmd.device, tag, cmd.request, timeout_ms);
+    }
+
+    /// Sends every outcome the core has.
+    pub(super) fn deliver(&mut self, core: &mut ShardCore) {
+        while let Some(done) = core.poll_upstream() {
+            let Some((tag, reply)) = self.waiting.remove(&done.tag) else {
+                continue;
+            };
+            // A caller that stopped waiting dropped its receiver: nothing to tell.
+            let _ = reply.send(super::UpstreamReply {
+                tag,
+                device: done.device,
+                outcome: done.outcome,
+                latency: std::time::Duration::from_micros(done.latency_us),
+            });
+        }
+    }
+
+    /// The shard ends: whatever still waits is answered as lost.
+    pub(super) fn abandon(&mut self, core: &mut ShardCore) {
+        self.deliver(core);
+        for (_, (tag, reply)) in self.waiting.drain() {
+            let _ = reply.send(super::UpstreamReply {
+                tag,
+                device: u64::MAX,
+                outcome: crate::device::UpstreamOutcome::ConnectionLost,
+                latency: std::time::Duration::ZERO,
+            });
+        }
+    }
+}

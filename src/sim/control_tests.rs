@@ -28,6 +28,7 @@ fn core_cfg(devices: u32, sink: bool) -> CoreConfig {
         drain_timeout_ms: 10_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     }
 }
 

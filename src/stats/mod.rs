@@ -32,11 +32,15 @@ pub enum Latency {
     PushToSink,
     /// A connect waiting for the admission window or a retry token.
     WindowWait,
+    /// A device PUSH started to the server's ACK.
+    DevicePushAck,
+    /// An HTTP_PROXY request started to its HttpResponse.
+    HttpProxy,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 7] = [
+    pub const ALL: [Latency; 9] = [
         Latency::Connect,
         Latency::Handshake,
         Latency::FastConnect,
@@ -44,6 +48,8 @@ impl Latency {
         Latency::HeartbeatRtt,
         Latency::PushToSink,
         Latency::WindowWait,
+        Latency::DevicePushAck,
+        Latency::HttpProxy,
     ];
 
     /// The name used in reports and metrics.
@@ -56,6 +62,8 @@ impl Latency {
             Latency::HeartbeatRtt => "heartbeat_rtt",
             Latency::PushToSink => "push_to_sink",
             Latency::WindowWait => "window_wait",
+            Latency::DevicePushAck => "device_push_ack",
+            Latency::HttpProxy => "http_proxy",
         }
     }
 }

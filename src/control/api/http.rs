@@ -11,6 +11,8 @@
 //! | `POST /devices/{id}/kick` | drops its connection; it reconnects |
 //! | `POST /devices/{id}/close` | closes its session; it stays down |
 //! | `POST /devices/{id}/open` | starts it again |
+//! | `POST /devices/{id}/push` `{"content":..,"ack":"auto","timeoutMs":..}` | a device PUSH; with `auto` the answer waits for the server's ACK |
+//! | `POST /devices/{id}/http` `{"method":"GET","uri":..,"headers":{..},"body":..,"readTimeoutMs":..}` | an HTTP request through its session; the answer is the server's HttpResponse |
 //!
 //! Answers are JSON: the device (`deviceId`, `userId`, `tags`, `shard`, `phase`, `connected`,
 //! `bound`, `heartbeatMs`, `server`, `counters`) or `{"error": reason}` with 400 (a bad
@@ -24,6 +26,7 @@ use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use super::upstream::{http_request, push_request, HttpBody, PushBody, UpstreamResult};
 use super::{ControlPlane, Outcome};
 use crate::device::Identity;
 use crate::http::{HttpServer, Router};
@@ -41,6 +44,8 @@ pub fn router(plane: ControlPlane, token: Option<&str>) -> Router {
         .route("/devices/{id}/kick", post(kick))
         .route("/devices/{id}/close", post(close))
         .route("/devices/{id}/open", post(open))
+        .route("/devices/{id}/push", post(push))
+        .route("/devices/{id}/http", post(http_proxy))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(plane);
@@ -140,6 +145,41 @@ async fn close(State(plane): Plane, Path(id): Path<String>) -> Response {
 
 async fn open(State(plane): Plane, Path(id): Path<String>) -> Response {
     answer(plane.open(&id).await, false)
+}
+
+async fn push(State(plane): Plane, Path(id): Path<String>, body: Bytes) -> Response {
+    let request = parse::<PushBody>(&body)
+        .and_then(|b| push_request(b).map_err(|why| error(StatusCode::BAD_REQUEST, &why)));
+    match request {
+        Ok((request, timeout)) => ran(plane.upstream(&id, request, timeout).await),
+        Err(r) => r,
+    }
+}
+
+async fn http_proxy(State(plane): Plane, Path(id): Path<String>, body: Bytes) -> Response {
+    let request = parse::<HttpBody>(&body)
+        .and_then(|b| http_request(b).map_err(|why| error(StatusCode::BAD_REQUEST, &why)));
+    match request {
+        Ok((request, timeout)) => ran(plane.upstream(&id, request, timeout).await),
+        Err(r) => r,
+    }
+}
+
+/// An upstream outcome: 200 when it did what was asked, else a status that says what.
+fn ran(result: UpstreamResult) -> Response {
+    match result {
+        UpstreamResult::Ran(v) => {
+            let status = match v.outcome {
+                "sent" | "acked" | "response" => StatusCode::OK,
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "not-online" => StatusCode::CONFLICT,
+                "busy" => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            json(status, &v)
+        }
+        UpstreamResult::Not(outcome) => answer(outcome, false),
+    }
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {

@@ -10,6 +10,7 @@
 //!   [`crate::http::auth`].
 
 pub mod http;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -168,6 +169,13 @@ impl ControlPlane {
             Err(_) => Err(Outcome::Unavailable(
                 "the shard did not answer in time".into(),
             )),
+        }
+    }
+
+    fn id_of(&self, index: u32) -> String {
+        match self.identities.get(index) {
+            Some(id) => id.device_id.clone(),
+            None => self.device_id.render(index.into()),
         }
     }
 

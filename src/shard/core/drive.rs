@@ -86,6 +86,7 @@ impl ShardCore {
                     None => self.io.push_back(Io::Shutdown(conn.id)),
                 }
             }
+            Effect::Upstream(finished) => self.upstream_finished(slot, finished),
             Effect::Deliver(delivery) => {
                 let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
                     return;

@@ -41,6 +41,7 @@ mod search;
 mod sink;
 mod stop;
 mod timers;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use admit::Admission;
 pub use control::{Answer, DeviceCounters, DeviceState, Request};
 pub use io::{ConnId, Io, TicketOp};
 pub use sink::{SinkItem, SinkToken};
+pub use upstream::{UpstreamDone, UpstreamLoad, LOAD_TAG};
 
 use crate::crypto::AesBatch;
 use crate::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
@@ -95,6 +97,8 @@ pub struct CoreConfig {
     pub admission: Admission,
     /// The phases to run (empty: the ramp at `rate_per_sec`, then running until stopped).
     pub plan: crate::stages::Plan,
+    /// Device-originated load (device pushes, HTTP_PROXY requests) to generate.
+    pub upstream: UpstreamLoad,
 }
 
 /// One device and its connection.
@@ -158,6 +162,8 @@ pub struct ShardCore {
     seen: by_server::Seen,
     /// Added and removed devices, per-device counters, control answers.
     control: control::ControlState,
+    /// Upstream outcomes for callers and the upstream load's pace.
+    upstream: upstream::Upstream,
 }
 
 impl ShardCore {
@@ -199,6 +205,7 @@ impl ShardCore {
             server_table: Vec::new(),
             seen: by_server::Seen::default(),
             control: Default::default(),
+            upstream: Default::default(),
             cfg,
         }
         .counting_listed()
@@ -323,6 +330,7 @@ impl ShardCore {
         self.resume_drained();
         self.advance_stop(tick);
         self.advance_retiring(tick);
+        self.pace_upstream(tick);
         self.seal_turn();
     }
 
@@ -357,6 +365,7 @@ impl ShardCore {
         at(self.ramp.next_start(now));
         at(self.gate.next_token(now));
         at(self.stages_next(now));
+        at(self.upstream_next());
         if !self.sink.backlog.is_empty() {
             at(Some(now.after(SINK_RETRY_MS)));
         }
@@ -374,7 +383,10 @@ impl ShardCore {
 
     /// Whether the core has I/O or requests the driver has not taken.
     pub fn has_output(&self) -> bool {
-        !self.io.is_empty() || !self.tickets.is_empty() || self.peek_delivery().is_some()
+        !self.io.is_empty()
+            || !self.tickets.is_empty()
+            || self.peek_delivery().is_some()
+            || self.has_upstream_output()
     }
 
     // ----- internals -----

@@ -61,6 +61,8 @@ struct Driver {
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
     control: super::glue::ControlReplies,
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
     /// The core got input outside the feed (a write to a gone connection): run a turn now.
     again: bool,
     exiting: bool,
@@ -109,6 +111,7 @@ pub(super) fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let slots = core_cfg.devices;
     let mut d = Driver {
@@ -127,11 +130,13 @@ pub(super) fn run(
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
         control: Default::default(),
+        replies: Default::default(),
         again: false,
         exiting: false,
     };
     d.arm_wake();
     d.main_loop(&commands, &reports);
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     d.teardown();
     ShardExit {
@@ -164,6 +169,7 @@ impl Driver {
                     Command::Control(request, reply) => {
                         self.control.request(&mut self.core, now, request, reply);
                     }
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.ring.reap(&mut cqes);
@@ -222,6 +228,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let waker = self.waker.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             waker.wake()

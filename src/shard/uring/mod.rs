@@ -33,6 +33,8 @@ struct Driver {
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
     control: super::glue::ControlReplies,
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
 }
 
 pub(super) async fn run(
@@ -59,6 +61,7 @@ pub(super) async fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let mut d = Driver {
         core: ShardCore::new(core_cfg, now(epoch)),
@@ -72,8 +75,10 @@ pub(super) async fn run(
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
         control: Default::default(),
+        replies: Default::default(),
     };
     d.main_loop(&commands, &reports).await;
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     ShardExit {
         stats: d.core.stats().clone(),
@@ -104,6 +109,7 @@ impl Driver {
                     Command::Control(request, reply) => {
                         self.control.request(&mut self.core, now, request, reply);
                     }
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.feed(now);
@@ -209,6 +215,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let wake = self.wake.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             wake.notify_one()

@@ -332,3 +332,102 @@ fn a_broken_devices_file_is_a_usage_error_naming_the_line() {
     assert!(err.contains("line 3"), "{err}");
     let _ = std::fs::remove_file(&list);
 }
+
+#[test]
+fn the_same_commands_as_json_lines_on_the_unix_sink_socket() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    let name = "the_same_commands_as_json_lines_on_the_unix_sink_socket";
+    if !common::io_uring_or_skip(name) {
+        return;
+    }
+    let path = temp("consumer.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let serve = Serve::start(&[]);
+    let server = serve.addr.to_string();
+    let sink = format!("unix:{}", path.display());
+    let mut run = Proc::spawn(&[
+        "run",
+        "--server",
+        &server,
+        "--devices",
+        "1",
+        "--rate",
+        "0",
+        "--no-pin",
+        "--sink",
+        &sink,
+        "--duration",
+        "300s",
+    ]);
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(harness::PATIENCE)).unwrap();
+    let mut lines = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    // Sends one request line; the answer line with its id (record lines are acked on the way).
+    let mut ask = |line: &str, id: &Value| -> Value {
+        writeln!(out, "{line}").unwrap();
+        loop {
+            let mut l = String::new();
+            assert!(
+                lines.read_line(&mut l).unwrap() > 0,
+                "the fleet closed the socket"
+            );
+            let v: Value = serde_json::from_str(&l).unwrap();
+            if let Some(seq) = v.get("seq") {
+                writeln!(out, "{seq}").unwrap();
+                continue;
+            }
+            if &v["id"] == id {
+                return v;
+            }
+        }
+    };
+    harness::wait_until("device-0 bound", || {
+        let v = ask(r#"{"id":1,"cmd":"state","deviceId":"device-0"}"#, &json!(1));
+        v["status"] == 200 && v["device"]["bound"] == true
+    });
+    let v = ask(
+        r#"{"id":"a","cmd":"add","device":{"deviceId":"u-1","userId":"ula"}}"#,
+        &json!("a"),
+    );
+    assert_eq!(v["status"], 201, "{v}");
+    assert_eq!(v["device"]["deviceId"], "u-1");
+    harness::wait_until("u-1 bound", || {
+        let v = ask(r#"{"id":2,"cmd":"state","deviceId":"u-1"}"#, &json!(2));
+        v["device"]["bound"] == true
+    });
+    assert_eq!(push_to(&serve, "ula"), 1);
+    let v = ask(
+        r#"{"id":3,"cmd":"push","deviceId":"u-1","push":{"content":"up","ack":"auto"}}"#,
+        &json!(3),
+    );
+    assert_eq!(
+        (v["status"].as_u64(), v["result"]["outcome"].as_str()),
+        (Some(200), Some("acked")),
+        "{v}"
+    );
+    let v = ask(r#"{"id":4,"cmd":"remove","deviceId":"u-1"}"#, &json!(4));
+    assert_eq!(
+        (v["status"].as_u64(), v["device"]["phase"].as_str()),
+        (Some(200), Some("removed")),
+        "{v}"
+    );
+    for (line, id, want) in [
+        (r#"{"id":5,"cmd":"fly","deviceId":"u-1"}"#, json!(5), 400),
+        (r#"{"id":6,"cmd":"state","deviceId":"u-1"}"#, json!(6), 404),
+        (
+            r#"{"id":7,"cmd":"bind","deviceId":"device-0"}"#,
+            json!(7),
+            400,
+        ),
+        (r#"{"id":8,"cmd":"add"}"#, json!(8), 400),
+    ] {
+        let v = ask(line, &id);
+        assert_eq!(v["status"], want, "{line}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    assert_eq!(run.terminate(), Some(0), "stderr {:?}", run.err_lines);
+    let _ = std::fs::remove_file(&path);
+}

@@ -473,6 +473,13 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     };
     let stop = stop_signal()?;
     let mut fleet = Fleet::start(cfg, stores)?;
+    if let Some(sink) = sink
+        .as_ref()
+        .filter(|s| matches!(s.spec(), SinkSpec::Unix(_)))
+    {
+        // The consumer that holds the socket may send the control API's commands on it.
+        sink.serve_lines(super::api::lines::handler(fleet.control_plane())?);
+    }
     let control = match args.control {
         Some(addr) => {
             let token = args.control_token.as_deref();

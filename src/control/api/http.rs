@@ -84,15 +84,12 @@ fn error(status: StatusCode, why: &str) -> Response {
     json(status, &serde_json::json!({ "error": why }))
 }
 
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn answer(outcome: Outcome, created: bool) -> Response {
-    match outcome {
-        Outcome::Done(view) if created => json(StatusCode::CREATED, &view),
-        Outcome::Done(view) => json(StatusCode::OK, &view),
-        Outcome::Unknown => error(StatusCode::NOT_FOUND, "no such device"),
-        Outcome::Refused(why) => error(StatusCode::CONFLICT, &why),
-        Outcome::Bad(why) => error(StatusCode::BAD_REQUEST, &why),
-        Outcome::Unavailable(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
-    }
+    json(status(outcome.status(created)), &outcome.body())
 }
 
 /// A JSON body, or the 400 that says what is wrong with it.
@@ -168,16 +165,7 @@ async fn http_proxy(State(plane): Plane, Path(id): Path<String>, body: Bytes) ->
 /// An upstream outcome: 200 when it did what was asked, else a status that says what.
 fn ran(result: UpstreamResult) -> Response {
     match result {
-        UpstreamResult::Ran(v) => {
-            let status = match v.outcome {
-                "sent" | "acked" | "response" => StatusCode::OK,
-                "timeout" => StatusCode::GATEWAY_TIMEOUT,
-                "not-online" => StatusCode::CONFLICT,
-                "busy" => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            json(status, &v)
-        }
+        UpstreamResult::Ran(v) => json(status(v.status()), &v),
         UpstreamResult::Not(outcome) => answer(outcome, false),
     }
 }

@@ -10,6 +10,7 @@
 //!   [`crate::http::auth`].
 
 pub mod http;
+pub mod lines;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -40,6 +41,30 @@ pub enum Outcome {
     Bad(String),
     /// The fleet is not running (stopped, or its shard gone).
     Unavailable(String),
+}
+
+impl Outcome {
+    /// The HTTP status that says it (the Unix lines carry the same numbers).
+    pub fn status(&self, created: bool) -> u16 {
+        match self {
+            Outcome::Done(_) if created => 201,
+            Outcome::Done(_) => 200,
+            Outcome::Unknown => 404,
+            Outcome::Refused(_) => 409,
+            Outcome::Bad(_) => 400,
+            Outcome::Unavailable(_) => 503,
+        }
+    }
+
+    /// The JSON body: the device, or `{"error": why}`.
+    pub fn body(&self) -> serde_json::Value {
+        let error = |why: &str| serde_json::json!({ "error": why });
+        match self {
+            Outcome::Done(view) => serde_json::to_value(view).unwrap_or_default(),
+            Outcome::Unknown => error("no such device"),
+            Outcome::Refused(why) | Outcome::Bad(why) | Outcome::Unavailable(why) => error(why),
+        }
+    }
 }
 
 /// A device as the API shows it.

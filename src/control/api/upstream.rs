@@ -107,6 +107,19 @@ pub struct ResponseView {
     pub raw: bool,
 }
 
+impl UpstreamView {
+    /// 200 when it did what was asked, else a status that says what happened.
+    pub fn status(&self) -> u16 {
+        match self.outcome {
+            "sent" | "acked" | "response" => 200,
+            "timeout" => 504,
+            "not-online" => 409,
+            "busy" => 429,
+            _ => 502,
+        }
+    }
+}
+
 /// What a push or an HTTP request came to, for the HTTP layer.
 #[derive(Debug)]
 pub enum UpstreamResult {

@@ -72,6 +72,7 @@ fn sim(devices: u32, sink: bool) -> Sim {
         drain_timeout_ms: 10_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     };
     let cfg = SimConfig {
         server: Arc::new(server),

@@ -133,6 +133,10 @@ kill "$http_pid" 2>/dev/null || true
 step "mpush-fleet run --devices 10000 --push-rate 5000 --push-count 100000 --push-ack auto --fail-on 'push.lost>0,push.e2e.p99>200ms'" \
   mpush-fleet run --devices 20 --rate 0 --push-rate 200 --push-count 200 --push-ack auto \
     --fail-on 'push.lost>0'
+# A devices file and the control API: the fleet comes up under the listed ids.
+printf '%s\n' '{"deviceId":"phone-a","userId":"alice"}' '{"deviceId":"kiosk-7"}' >"$work/devices.jsonl"
+step "mpush-fleet run --server 10.0.0.5:3000 --devices-file devices.jsonl --control 127.0.0.1:9200" \
+  mpush-fleet run --server "$server" --devices-file "$work/devices.jsonl" --control 127.0.0.1:0 $short
 
 # serve with the HTTP proxy on: starts, says where it listens, stops on SIGINT.
 px_out="$work/proxy-serve.out"

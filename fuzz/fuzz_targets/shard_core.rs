@@ -91,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
         drain_timeout_ms: 2_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     };
     let mut ms = 0u64;
     let now = |ms: u64| Now::at_ms(ms, WALL);

@@ -100,6 +100,20 @@ pub struct RunArgs {
     /// The server's RSA public key (base64 X.509 SubjectPublicKeyInfo); default MPUSH's.
     #[arg(long)]
     pub public_key: Option<String>,
+    /// The devices by their real identities, one a line: JSON lines
+    /// (`{"deviceId":"d1","userId":"u1","tags":"a,b","osName":"ios"}`) or CSV
+    /// (`deviceId,userId,tags,osName,osVersion,clientVersion`), told by the extension or the
+    /// first line. The fleet is the file's devices from --first-device on (--devices is taken
+    /// only from a supervisor, to split the list).
+    #[arg(long, value_name = "FILE")]
+    pub devices_file: Option<PathBuf>,
+    /// Serve the control API (add / remove / bind / kick / close / inspect devices) at
+    /// http://ADDR (default 127.0.0.1:9200); any address but loopback needs --control-token.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9200")]
+    pub control: Option<SocketAddr>,
+    /// The bearer token every control request must carry (compared in constant time).
+    #[arg(long, env = "MPUSH_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
     /// Device id template; `{i}` is the device index.
     #[arg(long, default_value = "device-{i}")]
     pub device_id: String,
@@ -350,12 +364,51 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     if args.worker {
         // The supervisor shows, serves, judges and writes for all its workers.
         (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
-    } else if args.processes.is_some() {
+    }
+    if let Some(addr) = args.control {
+        // Before anything binds: nothing listens off loopback without a token, even briefly.
+        crate::http::auth::check_exposure(addr, args.control_token.as_deref(), "--control")
+            .map_err(|e| UsageError(e.to_string()))?;
+    }
+    let listed = match &args.devices_file {
+        Some(path) => Some(super::devices_file::load(path).map_err(UsageError)?),
+        None => None,
+    };
+    if let Some(list) = &listed {
+        let total = list.len() as u32;
+        if args.first_device >= total {
+            return Err(UsageError(format!(
+                "--first-device {} is past the {total} devices of --devices-file",
+                args.first_device
+            ))
+            .into());
+        }
+        if !args.worker {
+            args.devices = total - args.first_device;
+        } else if u64::from(args.first_device) + u64::from(args.devices) > u64::from(total) {
+            return Err(UsageError(format!(
+                "devices {}..{} are past the {total} of --devices-file",
+                args.first_device,
+                u64::from(args.first_device) + u64::from(args.devices)
+            ))
+            .into());
+        }
+    }
+    if !args.worker && args.processes.is_some() {
         if args.push_rate.is_some() {
             return Err(UsageError(
                 "--processes with --push-rate is not supported yet: run one fleet process \
                  per range with --first-device and merge the reports (`report merge` adds \
                  the push figures exactly)"
+                    .into(),
+            )
+            .into());
+        }
+        if args.control.is_some() {
+            return Err(UsageError(
+                "--control with --processes is not supported yet: the control API runs in \
+                 one fleet process (split the fleet with --first-device and give each \
+                 process its own --control address)"
                     .into(),
             )
             .into());
@@ -408,8 +461,27 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         (None, None) => Vec::new(),
     };
     let cfg = fleet_config(&args, servers)?;
+    if let Some(list) = listed {
+        let range = args.first_device as usize..(args.first_device + args.devices) as usize;
+        for (i, identity) in list.into_iter().enumerate() {
+            if range.contains(&i) {
+                cfg.device.identities.insert(i as u32, identity);
+            }
+        }
+    }
     let devices = cfg.devices;
-    let cfg_binds = cfg.device.bind;
+    // The devices that bind: all (or none) of a template fleet, those with a user of a list.
+    let binding = if cfg.device.identities.is_empty() {
+        if cfg.device.bind {
+            u64::from(devices)
+        } else {
+            0
+        }
+    } else {
+        (cfg.first_device..cfg.first_device + devices)
+            .filter(|&i| cfg.device.binds(i))
+            .count() as u64
+    };
     let sink = match &args.sink {
         Some(spec) => {
             Some(Sink::start(spec.clone(), args.sink_capacity).context("starting the sink")?)
@@ -431,8 +503,13 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
                 ticket_ttl: args.ticket_ttl,
                 ..RedisConfig::new(url.clone())
             };
-            RedisTickets::fleet(redis, cfg.device.device_id.clone(), cfg.shards)
-                .map_err(|e| UsageError(format!("--redis: {e}")))?
+            RedisTickets::fleet_named(
+                redis,
+                cfg.device.device_id.clone(),
+                cfg.device.identities.clone(),
+                cfg.shards,
+            )
+            .map_err(|e| UsageError(format!("--redis: {e}")))?
         }
         None => memory_stores(cfg.shards),
     };
@@ -441,6 +518,23 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let mut fleet = Fleet::start(cfg, stores)?;
     let mut push_run = match push_cfg {
         Some(p) => Some(PushRun::start(p, args.push_grace)?),
+        None => None,
+    };
+    if let Some(sink) = sink
+        .as_ref()
+        .filter(|s| matches!(s.spec(), SinkSpec::Unix(_)))
+    {
+        // The consumer that holds the socket may send the control API's commands on it.
+        sink.serve_lines(super::api::lines::handler(fleet.control_plane())?);
+    }
+    let control = match args.control {
+        Some(addr) => {
+            let token = args.control_token.as_deref();
+            let server = super::api::http::serve_control(addr, token, fleet.control_plane())?;
+            // On stderr, so a script (or a test) that bound port 0 learns the port.
+            eprintln!("control API on http://{}", server.local_addr());
+            Some(server)
+        }
         None => None,
     };
     if let Some(link) = &mut link {
@@ -482,8 +576,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         let receipts = fleet.take_push_receipts();
         if let Some(p) = &mut push_run {
             let c = fleet.counters();
-            let held = if cfg_binds { c.bound } else { c.ever_online };
-            p.set_active(held >= u64::from(devices));
+            p.set_active(c.ever_online >= u64::from(devices) && c.bound >= binding);
             p.pump(receipts);
             if p.all_settled() {
                 break;
@@ -507,7 +600,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         if args.stop_when_online && !args.worker && push_run.is_none() {
             let c = fleet.counters();
             let all = u64::from(devices);
-            if c.ever_online >= all && (c.bound >= all || !cfg_binds) {
+            if c.ever_online >= all && c.bound >= binding {
                 break;
             }
         }
@@ -600,6 +693,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     drop(metrics);
+    drop(control);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -10,7 +10,9 @@
 //! - [`push_load`]: `run --push-rate`, end-to-end pushes to the fleet's own users.
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
+pub mod api;
 pub mod cli;
+pub mod devices_file;
 pub mod embedded;
 pub mod fail_on;
 pub mod merge;
@@ -69,6 +71,9 @@ pub struct FleetConfig {
     pub driver: crate::shard::DriverKind,
     /// The fleet's phases (`--stages`, `--rate auto`); each shard runs them on its share.
     pub plan: crate::stages::Plan,
+    /// Device-originated load across the fleet (`--device-push-rate`, `--http-proxy-rate`);
+    /// each shard generates its share of the rates.
+    pub upstream: crate::shard::core::UpstreamLoad,
 }
 
 impl Default for FleetConfig {
@@ -90,6 +95,7 @@ impl Default for FleetConfig {
             admission: Default::default(),
             driver: Default::default(),
             plan: Default::default(),
+            upstream: Default::default(),
         }
     }
 }
@@ -121,6 +127,7 @@ pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
 
 struct ShardCtl {
     commands: Sender<Command>,
+    devices: std::ops::Range<u32>,
     thread: JoinHandle<ShardExit>,
 }
 
@@ -189,6 +196,11 @@ impl Fleet {
                 drain_timeout: cfg.drain_timeout,
                 admission: shard_admission(&cfg.admission, share),
                 driver: cfg.driver,
+                upstream: crate::shard::core::UpstreamLoad {
+                    push_rate: cfg.upstream.push_rate * share,
+                    http_rate: cfg.upstream.http_rate * share,
+                    ..cfg.upstream.clone()
+                },
                 plan: cfg.plan.for_shard(
                     lo - cfg.first_device,
                     hi - cfg.first_device,
@@ -202,6 +214,7 @@ impl Fleet {
                 .with_context(|| format!("spawning shard {id}"))?;
             shards.push(ShardCtl {
                 commands: cmd_tx,
+                devices: lo..hi,
                 thread,
             });
         }
@@ -215,6 +228,21 @@ impl Fleet {
             receipts: Vec::new(),
             receipts_dropped: 0,
         })
+    }
+
+    /// The control API's view of the fleet: its shards' ranges and channels. Devices added
+    /// through it get indices after the fleet's own range.
+    pub fn control_plane(&self) -> api::ControlPlane {
+        let links = self
+            .shards
+            .iter()
+            .map(|s| api::ShardLink {
+                devices: s.devices.clone(),
+                commands: s.commands.clone(),
+            })
+            .collect();
+        let next = self.cfg.first_device.saturating_add(self.cfg.devices);
+        api::ControlPlane::new(links, &self.cfg.device, next)
     }
 
     /// The configuration it runs.

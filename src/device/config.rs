@@ -34,6 +34,17 @@ impl Template {
         s
     }
 
+    /// The index whose string is `s`, if `s` is one this template renders (the control API
+    /// finds template devices by their ids this way, without a table).
+    pub fn index_of(&self, s: &str) -> Option<u64> {
+        let tail = self.tail.as_deref()?;
+        let digits = s.strip_prefix(self.head.as_str())?.strip_suffix(tail)?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical.then(|| digits.parse().ok()).flatten()
+    }
+
     /// Appends the string for device `index` to `out` (clear it first to reuse a buffer):
     /// the store edge builds keys this way without an intermediate string per device.
     pub fn render_into(&self, index: u64, out: &mut String) {
@@ -86,6 +97,9 @@ pub struct DeviceConfig {
     pub limits: BodyLimits,
     /// The server's RSA public key.
     pub rsa: RsaEncryptor,
+    /// Devices with identities of their own (`--devices-file`, the control API); the rest
+    /// are named by the templates.
+    pub identities: super::Identities,
 }
 
 impl Default for DeviceConfig {
@@ -109,6 +123,7 @@ impl Default for DeviceConfig {
             reconnect_on_kick: false,
             limits: BodyLimits::default(),
             rsa: RsaEncryptor::mpush_default(),
+            identities: super::Identities::default(),
         }
     }
 }
@@ -125,5 +140,11 @@ mod tests {
         let mut buf = String::from("mp:fcd:");
         Template::new("d-{i}-x").render_into(12, &mut buf);
         assert_eq!(buf, "mp:fcd:d-12-x");
+        let t = Template::new("d-{i}-x");
+        assert_eq!(t.index_of("d-12-x"), Some(12));
+        for not in ["d--x", "d-012-x", "d-1a-x", "e-1-x", "d-1"] {
+            assert_eq!(t.index_of(not), None, "{not}");
+        }
+        assert_eq!(Template::new("same").index_of("same"), None);
     }
 }

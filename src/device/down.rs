@@ -26,7 +26,7 @@ impl Device {
         if matches!(&self.state, State::Online(o) if o.resumed && !o.bound) && ticket_suspect {
             self.owed.set(Owed::DELETE_TICKET);
         }
-        self.connection_down(sh);
+        self.connection_down(now, sh);
         if reason == CloseReason::Kicked && !sh.cfg.reconnect_on_kick {
             self.owed.clear(Owed::TRANSMIT);
             self.state = State::Stopped(Down {
@@ -38,7 +38,8 @@ impl Device {
         }
     }
 
-    pub(super) fn connection_down(&mut self, sh: &mut Shared) {
+    pub(super) fn connection_down(&mut self, now: Now, sh: &mut Shared) {
+        self.upstream_lost(now, sh);
         if matches!(self.state, State::Online(_)) {
             sh.stats.counters.online -= 1;
         }

@@ -55,18 +55,18 @@ impl Device {
             }
             (state, Event::Closed) if state.is_connected() => {
                 sh.stats.counters.peer_closed += 1;
-                self.connection_down(sh);
+                self.connection_down(now, sh);
                 self.schedule_reconnect(now, sh, None);
             }
             (state, Event::Drop) if state.is_connected() => {
-                self.connection_down(sh);
+                self.connection_down(now, sh);
                 self.schedule_reconnect(now, sh, None);
             }
             (State::Online(_), Event::SinkTook(id)) => self.owe_ack(now, sh, id),
             (state, Event::Stop) => {
                 let close = state.is_connected().then_some(CloseReason::Stopped);
                 if close.is_some() {
-                    self.connection_down(sh);
+                    self.connection_down(now, sh);
                 }
                 self.owed.clear(Owed::TRANSMIT);
                 self.state = State::Stopped(Down { close });
@@ -116,6 +116,13 @@ impl Device {
         };
         let msg = match ServerMessage::decode(frame.cmd, body) {
             Ok(msg) => msg,
+            // An HttpResponse that was framed and decrypted but whose fields do not decode:
+            // that request's answer is bad, the stream is intact.
+            Err(_)
+                if frame.cmd == Cmd::HttpProxy as u8 && matches!(self.state, State::Online(_)) =>
+            {
+                return self.on_upstream_garbled(now, sh, frame.msg_id);
+            }
             Err(e) => return self.fail_decode(now, sh, e),
         };
         self.on_message(now, sh, frame.msg_id, frame.flags, msg);
@@ -134,6 +141,7 @@ impl Device {
     /// [`Device::poll_timeout`] cannot spin.
     pub fn handle_timeout(&mut self, now: Now, sh: &mut Shared) {
         let t = now.tick();
+        self.upstream_timeouts(now, sh);
         if self.timers.expired(Timer::Request, t) {
             match &mut self.state {
                 State::ExpectFastConnectOk(_) | State::ExpectHandshakeOk(_) => {
@@ -275,7 +283,10 @@ impl Device {
             (_, ServerMessage::Error(e)) if e.code == ErrorCode::REPEAT_HANDSHAKE => {
                 sh.stats.counters.error(e.code.0);
             }
-            (State::Online(o), ServerMessage::Ok(ok)) if ok.cmd == Cmd::Bind as u8 && !o.bound => {
+            // bind_tries is 0 after an unbind: a late OK of the bind before it binds nothing.
+            (State::Online(o), ServerMessage::Ok(ok))
+                if ok.cmd == Cmd::Bind as u8 && !o.bound && o.bind_tries > 0 =>
+            {
                 o.bound = true;
                 self.timers.stop(Timer::Request);
                 sh.stats.counters.bound += 1;
@@ -300,6 +311,21 @@ impl Device {
                 self.close(now, sh, CloseReason::Kicked);
             }
             (State::Online(_), ServerMessage::Heartbeat) => self.handle_heartbeat(now, sh),
+            (State::Online(_), ServerMessage::Other(cmd)) if cmd == Cmd::Ack as u8 => {
+                self.on_upstream_ack(now, sh, id);
+            }
+            (State::Online(_), ServerMessage::HttpResponse(resp)) => {
+                let raw = !flags.contains(Flags::CRYPTO);
+                self.on_upstream_response(now, sh, id, raw, resp);
+            }
+            (State::Online(_), ServerMessage::Error(e))
+                if e.cmd == Cmd::Push as u8 || e.cmd == Cmd::HttpProxy as u8 =>
+            {
+                sh.stats.counters.error(e.code.0);
+                if !self.on_upstream_error(now, sh, id, &e) {
+                    sh.stats.counters.upstream_unmatched += 1;
+                }
+            }
             (state, ServerMessage::Error(e)) => {
                 sh.stats.counters.error(e.code.0);
                 // An error that answers what this device is waiting for ends the connection;
@@ -363,12 +389,12 @@ impl Device {
         if !std::mem::replace(&mut self.was_online, true) {
             sh.stats.counters.ever_online += 1;
         }
-        if sh.cfg.bind {
+        if sh.cfg.binds(self.index) {
             self.send_bind(now, sh);
         }
     }
 
-    fn send_bind(&mut self, now: Now, sh: &Shared) {
+    pub(super) fn send_bind(&mut self, now: Now, sh: &Shared) {
         let State::Online(o) = &mut self.state else {
             return;
         };

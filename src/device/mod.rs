@@ -8,11 +8,14 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod control;
 mod down;
+mod identity;
 mod machine;
 mod poll;
 mod state;
 pub mod transmit;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -22,8 +25,13 @@ use rand::SeedableRng;
 
 mod ticket;
 pub use config::{DeviceConfig, Template};
+pub use identity::{Binding, ClientFields, Identities, Identity};
 pub use ticket::ClientTicket;
 pub use transmit::Transmit;
+pub use upstream::{
+    HttpAnswer, HttpCall, PushAck, UpstreamFinished, UpstreamOutcome, UpstreamRequest,
+    DEFAULT_PUSH_TIMEOUT_MS, HTTP_TIMEOUT_MARGIN_MS, MAX_IN_FLIGHT, SERVER_READ_TIMEOUT_MS,
+};
 
 use crate::proto::{DecodeError, Flags, MsgId};
 use crate::stats::ShardStats;
@@ -152,6 +160,8 @@ pub enum Effect {
     Close(CloseReason),
     /// Hand a push to the sink; if `ack_on_take`, answer with [`Event::SinkTook`].
     Deliver(Delivery),
+    /// A request of [`Device::start_upstream`] finished.
+    Upstream(UpstreamFinished),
 }
 
 /// A push for the sink.
@@ -248,6 +258,8 @@ pub struct Device {
     request_sent_us: u64,
     timers: Timers,
     state: State,
+    /// Device-originated requests; allocated at the first one.
+    upstream: Option<Box<upstream::Upstream>>,
 }
 
 impl Device {
@@ -265,6 +277,7 @@ impl Device {
             request_sent_us: 0,
             timers: Timers::default(),
             state: State::Idle,
+            upstream: None,
         }
     }
 
@@ -291,7 +304,10 @@ impl Device {
     /// The earliest deadline, if any; the shell calls [`Device::handle_timeout`] then.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Tick> {
-        let t = self.timers.earliest();
+        let mut t = self.timers.earliest();
+        if let Some(up) = &self.upstream {
+            t = t.min(up.earliest());
+        }
         (t != Tick::NEVER).then_some(t)
     }
 }

@@ -19,15 +19,18 @@ impl Device {
         }
         if self.owed.take(Owed::BIND) {
             let id = self.next_id();
-            if let State::Online(o) = &self.state {
+            if let (State::Online(o), Some(b)) = (&self.state, sh.cfg.binding_of(self.index)) {
                 let msg = Bind(UserBinding {
-                    user_id: sh.cfg.user_id.render(self.index.into()),
+                    user_id: b.user_id,
                     data: sh.cfg.bind_data.clone(),
-                    tags: sh.cfg.tags.clone(),
+                    tags: b.tags,
                 });
                 out.sealed(&msg, id, &o.cipher);
                 wrote = true;
             }
+        }
+        if self.owed.take(Owed::UNBIND) {
+            wrote |= self.write_unbind(sh, out);
         }
         if let State::Online(o) = &mut self.state {
             for id in o.acks.take() {
@@ -35,6 +38,7 @@ impl Device {
                 wrote = true;
             }
         }
+        wrote |= self.transmit_upstream(now, sh, out);
         if self.owed.take(Owed::HEARTBEAT) {
             out.heartbeat();
             wrote = true;
@@ -49,7 +53,7 @@ impl Device {
             State::ExpectFastConnectOk(s) => {
                 let msg = FastConnect {
                     session_id: s.ticket.session_id.clone(),
-                    device_id: cfg.device_id.render(self.index.into()),
+                    device_id: cfg.device_id_of(self.index),
                     min_heartbeat: cfg.min_heartbeat,
                     max_heartbeat: cfg.max_heartbeat,
                 };
@@ -57,11 +61,12 @@ impl Device {
                 true
             }
             State::ExpectHandshakeOk(s) => {
+                let client = cfg.client_of(self.index);
                 let msg = Handshake {
-                    device_id: cfg.device_id.render(self.index.into()),
-                    os_name: cfg.os_name.clone(),
-                    os_version: cfg.os_version.clone(),
-                    client_version: cfg.client_version.clone(),
+                    device_id: cfg.device_id_of(self.index),
+                    os_name: client.os_name,
+                    os_version: client.os_version,
+                    client_version: client.client_version,
                     iv: *s.temp.iv(),
                     client_key: *s.temp.key(),
                     min_heartbeat: cfg.min_heartbeat,
@@ -76,7 +81,8 @@ impl Device {
     }
 
     /// The next thing the shell should do for this device, in the order a shell can rely
-    /// on: LoadTicket, Connect, DeleteTicket, SaveTicket, Deliver, then Close.
+    /// on: LoadTicket, Connect, DeleteTicket, SaveTicket, Deliver, Upstream (each finished
+    /// request), then Close.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
         if self.owed.take(Owed::LOAD_TICKET) {
@@ -88,19 +94,26 @@ impl Device {
         if self.owed.take(Owed::DELETE_TICKET) {
             return Some(Effect::DeleteTicket);
         }
+        if let State::Online(o) = &mut self.state {
+            if !matches!(o.held, Held::None) {
+                return match std::mem::take(&mut o.held) {
+                    Held::None => None,
+                    Held::SaveTicket {
+                        session_id,
+                        expire_time_ms,
+                    } => Some(Effect::SaveTicket(ClientTicket {
+                        session_id,
+                        expire_time_ms,
+                        cipher: o.cipher.clone(),
+                    })),
+                    Held::Deliver(d) => Some(Effect::Deliver(d)),
+                };
+            }
+        }
+        if let Some(done) = self.poll_upstream() {
+            return Some(Effect::Upstream(done));
+        }
         match &mut self.state {
-            State::Online(o) => match std::mem::take(&mut o.held) {
-                Held::None => None,
-                Held::SaveTicket {
-                    session_id,
-                    expire_time_ms,
-                } => Some(Effect::SaveTicket(ClientTicket {
-                    session_id,
-                    expire_time_ms,
-                    cipher: o.cipher.clone(),
-                })),
-                Held::Deliver(d) => Some(Effect::Deliver(d)),
-            },
             State::Backoff(d) | State::Stopped(d) => d.close.take().map(Effect::Close),
             _ => None,
         }

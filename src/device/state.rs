@@ -149,8 +149,11 @@ impl Owed {
     pub(super) const HELLO: Owed = Owed(1 << 3);
     pub(super) const BIND: Owed = Owed(1 << 4);
     pub(super) const HEARTBEAT: Owed = Owed(1 << 5);
+    /// An Unbind asked for through the control API.
+    pub(super) const UNBIND: Owed = Owed(1 << 7);
     /// What belongs to a connection, dropped with it.
-    pub(super) const TRANSMIT: Owed = Owed(Self::HELLO.0 | Self::BIND.0 | Self::HEARTBEAT.0);
+    pub(super) const TRANSMIT: Owed =
+        Owed(Self::HELLO.0 | Self::BIND.0 | Self::HEARTBEAT.0 | Self::UNBIND.0);
 
     pub(super) fn set(&mut self, o: Owed) {
         self.0 |= o.0;

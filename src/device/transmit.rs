@@ -113,7 +113,18 @@ impl Transmit {
 
     /// "send" with an AES cipher: deflated now, encrypted later (in the shard's batch).
     pub(super) fn sealed<M: Message>(&mut self, msg: &M, id: MsgId, cipher: &AesCipher) {
-        let (flags, plain) = self.encoder.plain_body(msg, Flags::NONE);
+        self.sealed_with(msg, id, Flags::NONE, cipher);
+    }
+
+    /// [`Transmit::sealed`] with header flags (a device PUSH's ack flags).
+    pub(super) fn sealed_with<M: Message>(
+        &mut self,
+        msg: &M,
+        id: MsgId,
+        flags: Flags,
+        cipher: &AesCipher,
+    ) {
+        let (flags, plain) = self.encoder.plain_body(msg, flags);
         if plain.is_empty() {
             // Java never encrypts an empty body.
             let start = begin_frame(&mut self.raw, M::CMD, flags, id);

@@ -5,8 +5,9 @@ use std::os::fd::RawFd;
 
 use crossbeam_channel::Sender;
 
-use super::core::{ShardCore, SinkToken};
-use super::{Report, ShardConfig};
+use super::core::{Request, ShardCore, SinkToken};
+use super::{ControlReply, Report, ShardConfig};
+use crate::device::Now;
 use crate::sink::SinkRecord;
 
 /// Hands the core's waiting deliveries to the sink until it is full. A record's `on_taken`
@@ -24,10 +25,9 @@ pub(super) fn deliver<W>(
     };
     while let Some(item) = core.peek_delivery() {
         let (tx, wake, token) = (took.clone(), wake.clone(), item.token);
-        let device = u64::from(item.device);
         let record = SinkRecord {
-            device_id: cfg.device.device_id.render(device),
-            user_id: cfg.device.user_id.render(device),
+            device_id: cfg.device.device_id_of(item.device),
+            user_id: cfg.device.user_id_of(item.device),
             msg_id: item.delivery.msg_id.0,
             flags: item.delivery.flags.0,
             content: item.delivery.content.clone(),
@@ -42,6 +42,37 @@ pub(super) fn deliver<W>(
         } else {
             core.sink_full();
             break;
+        }
+    }
+}
+
+/// Control requests handed to the core and not yet answered.
+#[derive(Default)]
+pub(super) struct ControlReplies {
+    next: u64,
+    waiting: std::collections::HashMap<u64, ControlReply>,
+}
+
+impl ControlReplies {
+    /// Hands `request` to the core; its answer goes to `reply`.
+    pub(super) fn request(
+        &mut self,
+        core: &mut ShardCore,
+        now: Now,
+        request: Request,
+        reply: ControlReply,
+    ) {
+        self.next += 1;
+        self.waiting.insert(self.next, reply);
+        core.handle_control(now, self.next, request);
+    }
+
+    /// Sends the core's answers (a caller that gave up is no error).
+    pub(super) fn answer(&mut self, core: &mut ShardCore) {
+        while let Some((id, answer)) = core.poll_control() {
+            if let Some(reply) = self.waiting.remove(&id) {
+                let _ = reply.send(answer);
+            }
         }
     }
 }
@@ -90,5 +121,60 @@ pub(super) fn report(
             receipts,
             dropped,
         });
+    }
+}
+
+/// The replies owed for [`Command::Upstream`](super::Command::Upstream)s: the core gets a
+/// tag of the driver's per command; its outcome goes back on the command's channel with the
+/// caller's own tag.
+#[derive(Default)]
+pub(super) struct Replies {
+    waiting: std::collections::HashMap<u64, (u64, Sender<super::UpstreamReply>)>,
+    next: u64,
+}
+
+impl Replies {
+    /// Starts the command's request on its device.
+    pub(super) fn start(
+        &mut self,
+        core: &mut ShardCore,
+        now: crate::device::Now,
+        cmd: super::UpstreamCommand,
+    ) {
+        // Never the core's own LOAD_TAG (u64::MAX): the counter would take 2^64 commands.
+        let tag = self.next;
+        self.next += 1;
+        self.waiting.insert(tag, (cmd.tag, cmd.reply));
+        let timeout_ms = u32::try_from(cmd.timeout.as_millis()).unwrap_or(u32::MAX);
+        core.start_upstream(now, cmd.device, tag, cmd.request, timeout_ms);
+    }
+
+    /// Sends every outcome the core has.
+    pub(super) fn deliver(&mut self, core: &mut ShardCore) {
+        while let Some(done) = core.poll_upstream() {
+            let Some((tag, reply)) = self.waiting.remove(&done.tag) else {
+                continue;
+            };
+            // A caller that stopped waiting dropped its receiver: nothing to tell.
+            let _ = reply.send(super::UpstreamReply {
+                tag,
+                device: done.device,
+                outcome: done.outcome,
+                latency: std::time::Duration::from_micros(done.latency_us),
+            });
+        }
+    }
+
+    /// The shard ends: whatever still waits is answered as lost.
+    pub(super) fn abandon(&mut self, core: &mut ShardCore) {
+        self.deliver(core);
+        for (_, (tag, reply)) in self.waiting.drain() {
+            let _ = reply.send(super::UpstreamReply {
+                tag,
+                device: u64::MAX,
+                outcome: crate::device::UpstreamOutcome::ConnectionLost,
+                latency: std::time::Duration::ZERO,
+            });
+        }
     }
 }

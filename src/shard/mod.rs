@@ -65,6 +65,8 @@ pub struct ShardConfig {
     pub plan: crate::stages::Plan,
     /// Which driver runs the core.
     pub driver: DriverKind,
+    /// Device-originated load this shard generates (its share of the fleet's rates).
+    pub upstream: core::UpstreamLoad,
 }
 
 /// The runtime under a shard's core (`--driver`).
@@ -87,7 +89,44 @@ pub enum Command {
     /// Connect from now on to these servers, round-robin (names re-resolved or servers
     /// discovered by the control plane).
     Servers(Vec<SocketAddr>),
+    /// A control-API request for one of the shard's devices; the answer goes to `reply`.
+    Control(core::Request, ControlReply),
+    /// Send a device-originated request (a device PUSH, an HTTP_PROXY request) through one
+    /// device's session; exactly one [`UpstreamReply`] comes back on its channel.
+    Upstream(UpstreamCommand),
 }
+
+/// A device-originated request for one device of the shard.
+#[derive(Debug)]
+pub struct UpstreamCommand {
+    /// The device's global index (the `{i}` of the id templates; a shard owns
+    /// [`ShardConfig::devices`]). One outside the shard's range gets `NoSuchDevice`.
+    pub device: u64,
+    /// The caller's tag, given back in the reply.
+    pub tag: u64,
+    /// What to send.
+    pub request: crate::device::UpstreamRequest,
+    /// How long to wait for the answer (`ZERO`: the request's default).
+    pub timeout: Duration,
+    /// Where the reply goes.
+    pub reply: Sender<UpstreamReply>,
+}
+
+/// How a [`Command::Upstream`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamReply {
+    /// The command's tag.
+    pub tag: u64,
+    /// The device's global index (`u64::MAX` if the shard ended before the answer).
+    pub device: u64,
+    /// How it ended.
+    pub outcome: crate::device::UpstreamOutcome,
+    /// From the shard taking the command to the outcome.
+    pub latency: Duration,
+}
+
+/// Where a shard sends a control answer.
+pub type ControlReply = tokio::sync::oneshot::Sender<core::Answer>;
 
 /// What a shard tells the control plane.
 #[derive(Debug)]

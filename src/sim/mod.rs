@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-pub use server::ServerCounts;
+pub use server::{ServerCounts, SimHttp};
 
 use crate::device::Now;
 use crate::proto::Flags;
@@ -189,6 +189,30 @@ impl Sim {
         let n = self.server.push(user, content, flags, &mut out);
         self.send_server_out(out);
         n
+    }
+
+    /// How the server answers HTTP_PROXY requests from now on (it forwards them only with
+    /// `SessionConfig::http_proxy` set; otherwise ERROR 101 and a close, as the real one).
+    pub fn answer_http(&mut self, answer: SimHttp) {
+        self.server.http = answer;
+    }
+
+    /// Starts a device-originated request now, as a driver does for a command: then the
+    /// turn ends (its frames sealed and written).
+    pub fn start_upstream(
+        &mut self,
+        device: u64,
+        tag: u64,
+        request: crate::device::UpstreamRequest,
+        timeout_ms: u32,
+    ) {
+        let now = self.now();
+        self.guard(true);
+        self.core
+            .start_upstream(now, device, tag, request, timeout_ms);
+        self.core.handle_timeout(now);
+        self.guard(false);
+        self.start_io();
     }
 
     /// Sends raw bytes from the server to the client of `conn`.
@@ -523,6 +547,8 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod control_tests;
+#[cfg(test)]
 mod overload;
 #[cfg(test)]
 mod servers_tests;
@@ -530,3 +556,5 @@ mod servers_tests;
 mod stages;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_tests;

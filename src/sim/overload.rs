@@ -25,6 +25,7 @@ fn fleet(devices: u32, rate: f64) -> CoreConfig {
             ..Admission::default()
         },
         plan: Default::default(),
+        upstream: Default::default(),
     }
 }
 

@@ -40,6 +40,23 @@ pub struct ServerCounts {
     pub client_closes: u64,
 }
 
+/// How the simulated proxy answers an HTTP_PROXY request (it has no backends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimHttp {
+    /// An HttpResponse with this status; `raw`: without the session cipher, as the proxy's
+    /// own failures (504, 503, 408, 502) go.
+    Status(i32, bool),
+    /// No answer ever (a backend that never answers and a proxy without a read timeout).
+    Silent,
+}
+
+impl Default for SimHttp {
+    /// A proxy that cannot reach its backend: 502, raw.
+    fn default() -> Self {
+        SimHttp::Status(502, true)
+    }
+}
+
 /// One accepted connection.
 #[derive(Debug)]
 pub(super) struct ServerConn {
@@ -73,6 +90,8 @@ pub(super) struct SimServer {
     pub(super) counts: ServerCounts,
     /// Handshakes and fast connects per second the server can take (the `serve` model).
     pub(super) capacity: Capacity,
+    /// How HTTP_PROXY requests are answered.
+    pub(super) http: SimHttp,
 }
 
 impl SimServer {
@@ -87,6 +106,7 @@ impl SimServer {
             next_msg_id: 0,
             counts: ServerCounts::default(),
             capacity: Capacity::new(CapacityLimits::default()),
+            http: SimHttp::default(),
         }
     }
 
@@ -296,15 +316,19 @@ impl SimServer {
                     }
                 }
                 Effect::Acked(id) => self.counts.acked.push(id.0),
-                // The simulated network has no HTTP backends: a gateway that cannot reach one.
-                Effect::HttpProxy { msg_id, .. } => {
-                    let resp = crate::proto::message::HttpResponse {
-                        status_code: 502,
-                        reason_phrase: "Bad Gateway".into(),
-                        headers: String::new(),
-                        body: bytes::Bytes::new(),
+                // The simulated network has no HTTP backends: the answer is scripted.
+                Effect::HttpProxy { msg_id, request } => {
+                    let SimHttp::Status(status_code, raw) = self.http else {
+                        continue;
                     };
-                    c.session.handle_http_response(msg_id, resp, true);
+                    let resp = crate::proto::message::HttpResponse {
+                        status_code,
+                        reason_phrase: format!("status {status_code}"),
+                        headers: "x-sim:1\n".into(),
+                        // The backend echoes the request body.
+                        body: request.body,
+                    };
+                    c.session.handle_http_response(msg_id, resp, raw);
                 }
                 Effect::Event(ev) => self.count(ev),
             }

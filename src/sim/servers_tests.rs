@@ -30,6 +30,7 @@ fn sim(devices: u32, servers: Vec<SocketAddr>) -> Sim {
         drain_timeout_ms: 10_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     };
     Sim::new(core, SimConfig::default())
 }

@@ -22,6 +22,7 @@ fn fleet(devices: u32, plan: Plan) -> CoreConfig {
         drain_timeout_ms: 10_000,
         admission: Default::default(),
         plan,
+        upstream: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ fn core_cfg(devices: u32) -> CoreConfig {
         drain_timeout_ms: 10_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     }
 }
 

@@ -259,7 +259,14 @@ struct Shared {
     control: Receiver<Control>,
     stats: Arc<Stats>,
     capacity: usize,
+    /// Who answers the JSON request lines a Unix consumer writes (the control API), once
+    /// the fleet runs.
+    lines: Arc<std::sync::OnceLock<LineHandler>>,
 }
+
+/// Answers one JSON request line of a Unix-socket consumer: called with the line and a
+/// function that writes the answer line back on the consumer's socket.
+pub type LineHandler = Arc<dyn Fn(Vec<u8>, Box<dyn FnOnce(Vec<u8>) + Send>) + Send + Sync>;
 
 /// The sending side, cloned into every shard.
 #[derive(Clone)]
@@ -309,6 +316,7 @@ pub struct Sink {
     leftover: Receiver<SinkRecord>,
     stats: Arc<Stats>,
     thread: Option<JoinHandle<u64>>,
+    lines: Arc<std::sync::OnceLock<LineHandler>>,
 }
 
 impl fmt::Debug for Sink {
@@ -336,11 +344,13 @@ impl Sink {
         let (control_tx, control) = crossbeam_channel::bounded(1);
         let stats = Arc::new(Stats::default());
         let leftover = records.clone();
+        let lines = Arc::new(std::sync::OnceLock::new());
         let shared = Shared {
             records,
             control,
             stats: stats.clone(),
             capacity,
+            lines: lines.clone(),
         };
         let thread = match &spec {
             SinkSpec::Stdout => stream::spawn(stream::Dest::Stdout, shared)?,
@@ -383,7 +393,15 @@ impl Sink {
             leftover,
             stats,
             thread: Some(thread),
+            lines,
         })
+    }
+
+    /// From now on, a Unix consumer's request lines (those starting with `{`) go to `h`,
+    /// and its answers come back on the socket. Other sinks read nothing back, and lines
+    /// that arrive before this are answered 503.
+    pub fn serve_lines(&self, h: LineHandler) {
+        let _ = self.lines.set(h);
     }
 
     /// Where it writes.

@@ -24,6 +24,8 @@ use super::{Backoff, Control, Shared, SinkRecord, Stats};
 const WRITE_SLICE: Duration = Duration::from_millis(20);
 /// An ack line is a decimal u64: anything longer is garbage, dropped as it streams in.
 const MAX_ACK_LINE: usize = 32;
+/// A request line (JSON, starting with `{`) may be as long as a control request body.
+const MAX_REQUEST_LINE: usize = 1 << 20;
 
 pub(super) fn spawn(path: PathBuf, sh: Shared) -> anyhow::Result<JoinHandle<u64>> {
     // Connect once here so that a missing consumer is an error at start, not a silent retry.
@@ -92,6 +94,10 @@ enum Event {
     Ack(u64),
     /// A line that is not a decimal seq.
     Bad,
+    /// A JSON request line (the control API's commands).
+    Request(Vec<u8>),
+    /// The answer to a request, to write on the connection it is for.
+    Answer(u64, Vec<u8>),
     /// The connection of this generation ended.
     Gone(u64),
 }
@@ -230,10 +236,38 @@ impl Writer {
                 }
             }
             Event::Bad => Stats::add(&self.sh.stats.errors, 1),
+            Event::Request(line) => self.request(line),
+            Event::Answer(generation, line) => {
+                // Answers are not resent: one for a connection that is gone is dropped.
+                if let Some(c) = self.conn.as_mut().filter(|c| c.generation == generation) {
+                    c.out.extend_from_slice(&line);
+                }
+            }
             Event::Gone(g) => {
                 if self.conn.as_ref().is_some_and(|c| c.generation == g) {
                     tracing::warn!(path = %self.path.display(), "sink consumer went away");
                     self.lose_conn();
+                }
+            }
+        }
+    }
+
+    /// Hands a request line to the control API; its answer comes back as an event.
+    fn request(&mut self, line: Vec<u8>) {
+        let generation = self.generation;
+        let tx = self.events_tx.clone();
+        let respond: Box<dyn FnOnce(Vec<u8>) + Send> = Box::new(move |mut answer| {
+            answer.push(b'\n');
+            let _ = tx.send(Event::Answer(generation, answer));
+        });
+        match self.sh.lines.get() {
+            Some(h) => h(line, respond),
+            // Written here: this thread must not wait on its own (bounded) event channel.
+            None => {
+                if let Some(c) = &mut self.conn {
+                    c.out.extend_from_slice(
+                        b"{\"status\":503,\"error\":\"the control API is not running yet\"}\n",
+                    );
                 }
             }
         }
@@ -340,6 +374,13 @@ fn read_acks(mut s: UnixStream, generation: u64, tx: &Sender<Event>) {
     let mut buf = [0u8; 4096];
     let mut line = Vec::with_capacity(MAX_ACK_LINE);
     let mut too_long = false;
+    let limit = |line: &[u8]| {
+        if line.first() == Some(&b'{') {
+            MAX_REQUEST_LINE
+        } else {
+            MAX_ACK_LINE
+        }
+    };
     loop {
         let n = match s.read(&mut buf) {
             Ok(0) => break,
@@ -349,7 +390,7 @@ fn read_acks(mut s: UnixStream, generation: u64, tx: &Sender<Event>) {
         };
         for &b in &buf[..n] {
             if b != b'\n' {
-                if line.len() < MAX_ACK_LINE {
+                if line.len() < limit(&line) {
                     line.push(b);
                 } else {
                     too_long = true;
@@ -358,6 +399,8 @@ fn read_acks(mut s: UnixStream, generation: u64, tx: &Sender<Event>) {
             }
             let ev = if too_long {
                 Event::Bad
+            } else if line.first() == Some(&b'{') {
+                Event::Request(std::mem::take(&mut line))
             } else {
                 parse_ack(&line)
             };

@@ -196,6 +196,28 @@ counters! {
     gauge online: "Devices online now (handshake or fast connect done, connection up).",
     gauge connections: "Devices whose connection is up now.",
     counter ever_online: "Devices that have been online at least once.",
+    counter device_pushes_sent: "Device-originated PUSH frames written (PROTOCOL.md 9.1).",
+    counter device_push_acked: "Device pushes the server acked (AUTO_ACK).",
+    counter device_push_timeouts:
+        "Device pushes with an ack flag that got no ACK in time (BIZ_ACK always, against the stock server).",
+    counter device_push_failed:
+        "Device pushes that ended otherwise: an ERROR for them, the connection lost, a wrong answer.",
+    counter http_requests_sent: "HTTP_PROXY requests written (PROTOCOL.md 9.2).",
+    counter http_responses: "HttpResponses matched to a request (the backend's, or the proxy's raw failure).",
+    counter http_responses_2xx: "HttpResponses from a backend (sealed) with a 2xx status.",
+    counter http_raw_failures:
+        "HttpResponses sent raw: the proxy's own 504 / 503 / 408 / 502 / 400.",
+    counter http_timeouts: "HTTP_PROXY requests with no answer in time.",
+    counter http_failed:
+        "HTTP_PROXY requests that ended otherwise: an ERROR (101: proxy off), the connection lost, a wrong answer.",
+    counter upstream_refused:
+        "Device-originated requests refused at start (device not online, or its in-flight limit reached).",
+    counter upstream_unmatched:
+        "ACKs, HttpResponses or ERRORs for a sessionId no request waits for (late, repeated or invented).",
+    counter upstream_bad_answers:
+        "Answers to a device's request that did not decode or were of the wrong kind.",
+    counter upstream_no_device:
+        "Paced upstream requests skipped: no online device found for them.",
     gauge draining_shards:
         "Shards draining for a graceful stop (reads stopped, waiting for the sink's acks).",
     counter push_sent: "run --push-rate: pushes sent to the gateway.",

@@ -39,11 +39,15 @@ pub enum Latency {
     PushAcked,
     /// `run --push-rate`: a push sent until the gateway replied (OK or ERROR).
     PushReply,
+    /// A device PUSH started to the server's ACK.
+    DevicePushAck,
+    /// An HTTP_PROXY request started to its HttpResponse.
+    HttpProxy,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 10] = [
+    pub const ALL: [Latency; 12] = [
         Latency::Connect,
         Latency::Handshake,
         Latency::FastConnect,
@@ -54,6 +58,8 @@ impl Latency {
         Latency::PushE2e,
         Latency::PushAcked,
         Latency::PushReply,
+        Latency::DevicePushAck,
+        Latency::HttpProxy,
     ];
 
     /// The name used in reports and metrics.
@@ -69,6 +75,8 @@ impl Latency {
             Latency::PushE2e => "push_e2e",
             Latency::PushAcked => "push_acked",
             Latency::PushReply => "push_reply",
+            Latency::DevicePushAck => "device_push_ack",
+            Latency::HttpProxy => "http_proxy",
         }
     }
 }

@@ -35,7 +35,7 @@ use fred::types::config::TcpConfig;
 
 use super::format::{ClientTicket, CLIENT_TICKET_PREFIX};
 use super::store::{Loaded, StoreCounters, TicketStore, Wake};
-use crate::device::Template;
+use crate::device::{Identities, Template};
 
 /// The most commands in one pipeline: one socket write of a few hundred KiB at most, so one
 /// big turn does not hold up the next turn's requests behind it.
@@ -192,6 +192,8 @@ pub struct RedisTickets {
     cfg: Arc<RedisConfig>,
     /// The fleet's device id template: keys are rendered here, at the edge, from the index.
     device_id: Arc<Template>,
+    /// Devices named by the identity table instead of the template.
+    identities: Identities,
     /// Reused while a key is built, so a key costs one exact-size allocation.
     key_buf: String,
     fred: Config,
@@ -227,7 +229,12 @@ impl RedisTickets {
     /// # Errors
     /// [`BadRedisUrl`].
     pub fn new(config: RedisConfig, device_id: Template) -> Result<Self, BadRedisUrl> {
-        Self::with_health(Arc::new(config), Arc::new(device_id), Arc::default())
+        Self::with_health(
+            Arc::new(config),
+            Arc::new(device_id),
+            Identities::default(),
+            Arc::default(),
+        )
     }
 
     /// One store per shard, sharing one outage log.
@@ -239,12 +246,31 @@ impl RedisTickets {
         device_id: Template,
         shards: usize,
     ) -> Result<Vec<Box<dyn TicketStore>>, BadRedisUrl> {
+        Self::fleet_named(config, device_id, Identities::default(), shards)
+    }
+
+    /// [`RedisTickets::fleet`] for a fleet whose listed devices are named by `identities`
+    /// (their keys hold their real ids; the rest are rendered from `device_id`).
+    ///
+    /// # Errors
+    /// [`BadRedisUrl`].
+    pub fn fleet_named(
+        config: RedisConfig,
+        device_id: Template,
+        identities: Identities,
+        shards: usize,
+    ) -> Result<Vec<Box<dyn TicketStore>>, BadRedisUrl> {
         let (cfg, health) = (Arc::new(config), Arc::<Health>::default());
         let device_id = Arc::new(device_id);
         (0..shards)
             .map(|_| {
-                Self::with_health(cfg.clone(), device_id.clone(), health.clone())
-                    .map(|s| Box::new(s) as Box<dyn TicketStore>)
+                Self::with_health(
+                    cfg.clone(),
+                    device_id.clone(),
+                    identities.clone(),
+                    health.clone(),
+                )
+                .map(|s| Box::new(s) as Box<dyn TicketStore>)
             })
             .collect()
     }
@@ -252,12 +278,14 @@ impl RedisTickets {
     fn with_health(
         cfg: Arc<RedisConfig>,
         device_id: Arc<Template>,
+        identities: Identities,
         health: Arc<Health>,
     ) -> Result<Self, BadRedisUrl> {
         let fred = cfg.fred_config()?;
         Ok(RedisTickets {
             cfg,
             device_id,
+            identities,
             key_buf: String::new(),
             fred,
             health,
@@ -275,7 +303,8 @@ impl RedisTickets {
     fn key(&mut self, device: u32) -> String {
         self.key_buf.clear();
         self.key_buf.push_str(&self.cfg.prefix);
-        self.device_id.render_into(device.into(), &mut self.key_buf);
+        self.identities
+            .device_id_into(&self.device_id, device, &mut self.key_buf);
         self.key_buf.as_str().to_owned()
     }
 

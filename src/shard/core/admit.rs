@@ -166,7 +166,8 @@ impl ShardCore {
             return;
         };
         let phase = s.device.phase();
-        let up = phase == Phase::Online && (s.device.is_bound() || !self.cfg.device.bind);
+        let up = phase == Phase::Online
+            && (s.device.is_bound() || !self.cfg.device.binds(s.device.index()));
         let connecting = matches!(
             phase,
             Phase::ExpectConnect | Phase::ExpectFastConnectOk | Phase::ExpectHandshakeOk

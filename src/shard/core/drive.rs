@@ -23,6 +23,7 @@ impl ShardCore {
         }
         self.update_admission(slot);
         self.attribute(server);
+        self.count_drive(slot);
     }
 
     /// Output without frames to seal is written at once; output with some waits for the
@@ -66,7 +67,7 @@ impl ShardCore {
     }
 
     fn apply(&mut self, slot: u32, effect: Effect) {
-        let device = self.cfg.first_device + slot;
+        let device = self.slots[slot as usize].device.index();
         match effect {
             Effect::LoadTicket => self.tickets.push_back(TicketOp::Load(device)),
             Effect::SaveTicket(ticket) => {
@@ -85,6 +86,7 @@ impl ShardCore {
                     None => self.io.push_back(Io::Shutdown(conn.id)),
                 }
             }
+            Effect::Upstream(finished) => self.upstream_finished(slot, finished),
             Effect::Deliver(delivery) => {
                 let conn_id = self.slots[slot as usize].conn.as_ref().map(|c| c.id);
                 self.probe

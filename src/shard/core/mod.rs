@@ -31,6 +31,7 @@
 
 mod admit;
 mod by_server;
+mod control;
 mod drive;
 mod io;
 mod phases;
@@ -41,6 +42,7 @@ mod search;
 mod sink;
 mod stop;
 mod timers;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -48,9 +50,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 pub use admit::Admission;
+pub use control::{Answer, DeviceCounters, DeviceState, Request};
 pub use io::{ConnId, Io, TicketOp};
 pub use push_probe::{PushReceipt, ReceiptKind};
 pub use sink::{SinkItem, SinkToken};
+pub use upstream::{UpstreamDone, UpstreamLoad, LOAD_TAG};
 
 use crate::crypto::AesBatch;
 use crate::device::{Device, DeviceConfig, Event, Now, Phase, Shared, Tick, Transmit};
@@ -95,6 +99,8 @@ pub struct CoreConfig {
     pub admission: Admission,
     /// The phases to run (empty: the ramp at `rate_per_sec`, then running until stopped).
     pub plan: crate::stages::Plan,
+    /// Device-originated load (device pushes, HTTP_PROXY requests) to generate.
+    pub upstream: UpstreamLoad,
 }
 
 /// One device and its connection.
@@ -158,6 +164,10 @@ pub struct ShardCore {
     seen: by_server::Seen,
     /// `run --push-rate`'s receipts, for the driver's next report.
     probe: push_probe::PushProbe,
+    /// Added and removed devices, per-device counters, control answers.
+    control: control::ControlState,
+    /// Upstream outcomes for callers and the upstream load's pace.
+    upstream: upstream::Upstream,
 }
 
 impl ShardCore {
@@ -165,16 +175,7 @@ impl ShardCore {
     pub fn new(cfg: CoreConfig, now: Now) -> Self {
         let threshold = cfg.device.limits.compress_threshold;
         let slots = (0..cfg.devices)
-            .map(|slot| Slot {
-                device: Device::new(cfg.first_device + slot),
-                gen: 0,
-                conn: None,
-                armed: Tick::NEVER,
-                sealing: None,
-                admit: Admit::Idle,
-                connected_before: false,
-                server: by_server::NO_SERVER,
-            })
+            .map(|slot| Slot::new(cfg.first_device + slot))
             .collect();
         let mut shared = Shared::new(cfg.device.clone(), cfg.seed);
         shared.stats.stages.phases = phases::stage_stats(&cfg.plan);
@@ -208,8 +209,11 @@ impl ShardCore {
             server_table: Vec::new(),
             seen: by_server::Seen::default(),
             probe: push_probe::PushProbe::default(),
+            control: Default::default(),
+            upstream: Default::default(),
             cfg,
         }
+        .counting_listed()
     }
 
     /// The shard's counters and histograms.
@@ -306,10 +310,7 @@ impl ShardCore {
     /// The answer to [`TicketOp::Load`] for global device index `device`.
     pub fn handle_ticket(&mut self, now: Now, device: u32, ticket: Option<ClientTicket>) {
         self.now = now;
-        let Some(slot) = device.checked_sub(self.cfg.first_device) else {
-            return;
-        };
-        if slot < self.cfg.devices {
+        if let Some(slot) = self.slot_of(device) {
             self.event(slot, Event::Ticket(ticket));
         }
     }
@@ -333,6 +334,8 @@ impl ShardCore {
         self.sink.full = false;
         self.resume_drained();
         self.advance_stop(tick);
+        self.advance_retiring(tick);
+        self.pace_upstream(tick);
         self.seal_turn();
     }
 
@@ -367,6 +370,7 @@ impl ShardCore {
         at(self.ramp.next_start(now));
         at(self.gate.next_token(now));
         at(self.stages_next(now));
+        at(self.upstream_next());
         if !self.sink.backlog.is_empty() {
             at(Some(now.after(SINK_RETRY_MS)));
         }
@@ -384,7 +388,10 @@ impl ShardCore {
 
     /// Whether the core has I/O or requests the driver has not taken.
     pub fn has_output(&self) -> bool {
-        !self.io.is_empty() || !self.tickets.is_empty() || self.peek_delivery().is_some()
+        !self.io.is_empty()
+            || !self.tickets.is_empty()
+            || self.peek_delivery().is_some()
+            || self.has_upstream_output()
     }
 
     // ----- internals -----

@@ -70,6 +70,9 @@ impl ShardCore {
         match self.ramp.due(now) {
             Move::Start(slots) => {
                 for slot in slots {
+                    if self.control.is_free(slot) {
+                        continue; // removed through the control API
+                    }
                     // A ramp's start is a first connect, even for a device that ran before.
                     self.slots[slot as usize].connected_before = false;
                     self.event(slot, Event::Start);
@@ -295,7 +298,7 @@ impl ShardCore {
 
     /// Closes the session of `slot` on the fleet's behalf (churn, storm); the device
     /// reconnects, as a first connect for the retry budget.
-    fn drop_session(&mut self, slot: u32) {
+    pub(super) fn drop_session(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         let Some(conn) = s.conn.take() else { return };
         match s.sealing.take() {

@@ -68,6 +68,12 @@ impl ShardCore {
         self.now = now;
         self.sink.awaiting = self.sink.awaiting.saturating_sub(1);
         self.probe.on_sink_took(&token, now);
+        if let Some(n) = self.control.in_sink.get_mut(&token.conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.control.in_sink.remove(&token.conn);
+            }
+        }
         let took = now.us.saturating_sub(token.received_us);
         self.shared
             .stats
@@ -94,6 +100,7 @@ impl ShardCore {
         if let Some(item) = self.sink.backlog.pop_front() {
             self.sink.awaiting += 1;
             let conn = item.token.conn;
+            *self.control.in_sink.entry(conn).or_default() += 1;
             if let Some(c) = self.current_conn(conn) {
                 c.held = c.held.saturating_sub(1);
             }

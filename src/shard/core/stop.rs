@@ -55,7 +55,7 @@ impl ShardCore {
                         "drain timed out; pushes not taken by the sink stay unacked"
                     );
                 }
-                for slot in 0..self.cfg.devices {
+                for slot in 0..self.slots.len() as u32 {
                     self.event(slot, Event::Stop);
                 }
                 self.shared.stats.counters.draining_shards = 0;

@@ -21,6 +21,7 @@ fn core(devices: u32) -> ShardCore {
         drain_timeout_ms: 1_000,
         admission: Default::default(),
         plan: Default::default(),
+        upstream: Default::default(),
     };
     ShardCore::new(cfg, at(0))
 }

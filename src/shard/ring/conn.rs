@@ -131,7 +131,12 @@ impl Conns {
 
     /// A new connection of its slot; the slot's previous one, if any, retires.
     pub(super) fn insert(&mut self, conn: Conn) {
-        let Some(entry) = self.current.get_mut(conn.id.slot as usize) else {
+        let slot = conn.id.slot as usize;
+        if slot >= self.current.len() {
+            // A device added through the control API: the table grows with the core's slots.
+            self.current.resize_with(slot + 1, || None);
+        }
+        let Some(entry) = self.current.get_mut(slot) else {
             return;
         };
         if let Some(mut old) = entry.replace(conn) {

@@ -60,6 +60,9 @@ struct Driver {
     rx: BytesMut,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    control: super::glue::ControlReplies,
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
     /// The core got input outside the feed (a write to a gone connection): run a turn now.
     again: bool,
     exiting: bool,
@@ -108,6 +111,7 @@ pub(super) fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let slots = core_cfg.devices;
     let mut d = Driver {
@@ -125,11 +129,14 @@ pub(super) fn run(
         rx: BytesMut::with_capacity(RECV_BUFFER_SIZE as usize),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        control: Default::default(),
+        replies: Default::default(),
         again: false,
         exiting: false,
     };
     d.arm_wake();
     d.main_loop(&commands, &reports);
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     d.teardown();
     ShardExit {
@@ -159,6 +166,10 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Control(request, reply) => {
+                        self.control.request(&mut self.core, now, request, reply);
+                    }
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.ring.reap(&mut cqes);
@@ -206,6 +217,7 @@ impl Driver {
     /// Queues the turn's I/O, sends its ticket requests, hands its pushes to the sink.
     fn flush(&mut self, now: Now) {
         self.deliver();
+        self.control.answer(&mut self.core);
         while let Some(io) = self.core.poll_io() {
             self.start(now, io);
         }
@@ -216,6 +228,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let waker = self.waker.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             waker.wake()

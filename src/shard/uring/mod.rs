@@ -32,6 +32,9 @@ struct Driver {
     completions: VecDeque<Completion>,
     loaded: Vec<Loaded>,
     sink_took: (Sender<SinkToken>, Receiver<SinkToken>),
+    control: super::glue::ControlReplies,
+    /// Replies owed for upstream commands.
+    replies: super::glue::Replies,
 }
 
 pub(super) async fn run(
@@ -58,6 +61,7 @@ pub(super) async fn run(
         drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
         admission: cfg.admission,
         plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
     };
     let mut d = Driver {
         core: ShardCore::new(core_cfg, now(epoch)),
@@ -70,8 +74,11 @@ pub(super) async fn run(
         completions: VecDeque::new(),
         loaded: Vec::new(),
         sink_took: crossbeam_channel::unbounded(),
+        control: Default::default(),
+        replies: Default::default(),
     };
     d.main_loop(&commands, &reports).await;
+    d.replies.abandon(&mut d.core);
     d.report(&reports);
     ShardExit {
         stats: d.core.stats().clone(),
@@ -99,6 +106,10 @@ impl Driver {
                 match cmd {
                     Command::Stop => self.core.handle_stop(now),
                     Command::Servers(servers) => self.core.set_servers(servers),
+                    Command::Control(request, reply) => {
+                        self.control.request(&mut self.core, now, request, reply);
+                    }
+                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
                 }
             }
             self.feed(now);
@@ -168,6 +179,7 @@ impl Driver {
     /// Starts the turn's I/O, sends its ticket requests, hands its pushes to the sink.
     fn flush(&mut self) {
         self.deliver();
+        self.control.answer(&mut self.core);
         while let Some(io) = self.core.poll_io() {
             self.start(io);
         }
@@ -203,6 +215,7 @@ impl Driver {
     }
 
     fn deliver(&mut self) {
+        self.replies.deliver(&mut self.core);
         let wake = self.wake.clone();
         super::glue::deliver(&mut self.core, &self.cfg, &self.sink_took.0, &move || {
             wake.notify_one()

@@ -179,6 +179,7 @@ fn compress_on_raw_content_leaves_the_session_up() {
         duration: None,
         timeout: PATIENCE,
         wire_timeout_ms: 30_000,
+        routes: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -231,6 +231,7 @@ fn plan(gateway: SocketAddr, user: &str, flags: Flags, timeout: Duration) -> Pla
         duration: None,
         timeout,
         wire_timeout_ms: 400,
+        routes: None,
     }
 }
 

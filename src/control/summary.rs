@@ -125,6 +125,28 @@ pub fn render(report: &RunReport, verdicts: &[Verdict]) -> String {
     t.count("read timeouts", c.read_timeouts);
     t.count("decode errors", c.decode_errors);
     t.count("ticket store errors", c.ticket_errors);
+    if c.push_sent > 0 {
+        // `run --push-rate`: where every push ended up.
+        t.row(
+            "pushes sent",
+            format!(
+                "{} = {} received + {} explained + {} lost",
+                c.push_sent, c.push_received, c.push_explained, c.push_lost
+            ),
+        );
+        t.count("  gateway OK", c.push_gateway_ok);
+        for (code, n) in &c.push_gateway_errors {
+            let name = crate::proto::message::ErrorCode(*code).name();
+            t.count(&format!("  gateway {name}"), *n);
+        }
+        t.count("  no reply", c.push_no_reply);
+        t.count("  no reply, received", c.push_no_reply_received);
+        t.count("  no route", c.push_no_route);
+        t.count("  received twice", c.push_received_twice);
+        if let Some(rate) = report.push_rate_achieved {
+            t.row("  push rate", format!("{rate:.0}/s"));
+        }
+    }
     for (name, n) in &report.errors {
         t.count(&format!("errors {name}"), *n);
     }

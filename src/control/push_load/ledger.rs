@@ -268,7 +268,7 @@ mod tests {
         l.settle(1_030, false);
         assert_eq!(
             l.window.len(),
-            4,
+            3,
             "only the first three are past their grace"
         );
         l.settle(2_000, true);

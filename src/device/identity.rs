@@ -129,7 +129,7 @@ impl DeviceConfig {
             && self
                 .identities
                 .get(index)
-                .is_none_or(|id| !id.user_id.is_empty())
+                .map_or(true, |id| !id.user_id.is_empty())
     }
 
     /// What device `index` binds, if it binds at all.

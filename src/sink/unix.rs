@@ -265,9 +265,17 @@ impl Writer {
             // Written here: this thread must not wait on its own (bounded) event channel.
             None => {
                 if let Some(c) = &mut self.conn {
-                    c.out.extend_from_slice(
-                        b"{\"status\":503,\"error\":\"the control API is not running yet\"}\n",
-                    );
+                    let id = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("id").cloned())
+                        .unwrap_or_default();
+                    let answer = serde_json::json!({
+                        "id": id,
+                        "status": 503,
+                        "error": "the control API is not running yet",
+                    });
+                    c.out.extend_from_slice(answer.to_string().as_bytes());
+                    c.out.push(b'\n');
                 }
             }
         }

@@ -92,16 +92,19 @@ fn answer(outcome: Outcome, created: bool) -> Response {
     json(status(outcome.status(created)), &outcome.body())
 }
 
-/// A JSON body, or the 400 that says what is wrong with it.
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+/// A JSON body, or what is wrong with it (a 400).
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+fn bad(why: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, why)
 }
 
 async fn add(State(plane): Plane, body: Bytes) -> Response {
     match parse::<Identity>(&body) {
         Ok(identity) => answer(plane.add(identity).await, true),
-        Err(r) => r,
+        Err(why) => bad(&why),
     }
 }
 
@@ -124,7 +127,7 @@ struct BindBody {
 async fn bind(State(plane): Plane, Path(id): Path<String>, body: Bytes) -> Response {
     match parse::<BindBody>(&body) {
         Ok(b) => answer(plane.bind(&id, b.user_id, b.tags).await, false),
-        Err(r) => r,
+        Err(why) => bad(&why),
     }
 }
 
@@ -145,20 +148,18 @@ async fn open(State(plane): Plane, Path(id): Path<String>) -> Response {
 }
 
 async fn push(State(plane): Plane, Path(id): Path<String>, body: Bytes) -> Response {
-    let request = parse::<PushBody>(&body)
-        .and_then(|b| push_request(b).map_err(|why| error(StatusCode::BAD_REQUEST, &why)));
+    let request = parse::<PushBody>(&body).and_then(push_request);
     match request {
         Ok((request, timeout)) => ran(plane.upstream(&id, request, timeout).await),
-        Err(r) => r,
+        Err(why) => bad(&why),
     }
 }
 
 async fn http_proxy(State(plane): Plane, Path(id): Path<String>, body: Bytes) -> Response {
-    let request = parse::<HttpBody>(&body)
-        .and_then(|b| http_request(b).map_err(|why| error(StatusCode::BAD_REQUEST, &why)));
+    let request = parse::<HttpBody>(&body).and_then(http_request);
     match request {
         Ok((request, timeout)) => ran(plane.upstream(&id, request, timeout).await),
-        Err(r) => r,
+        Err(why) => bad(&why),
     }
 }
 

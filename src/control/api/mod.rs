@@ -32,7 +32,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Done: the device and its state.
-    Done(DeviceView),
+    Done(Box<DeviceView>),
     /// No device has that id.
     Unknown,
     /// A request that cannot be done now (a conflict), and why.
@@ -224,7 +224,7 @@ impl ControlPlane {
 
     fn outcome(&self, index: u32, shard: usize, answer: Answer) -> Outcome {
         match answer {
-            Answer::Done(state) => Outcome::Done(self.view(index, shard, state)),
+            Answer::Done(state) => Outcome::Done(Box::new(self.view(index, shard, state))),
             Answer::Unknown => Outcome::Unknown,
             Answer::Refused(why) => Outcome::Refused(why),
         }
@@ -296,7 +296,7 @@ impl ControlPlane {
                 if removing {
                     self.forget(index, id);
                 }
-                Outcome::Done(view)
+                Outcome::Done(Box::new(view))
             }
             Ok(a) => self.outcome(index, shard, a),
             Err(o) => o,

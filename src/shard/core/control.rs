@@ -381,10 +381,9 @@ impl ShardCore {
             let Some((id, until)) = self.control.extras.get(&slot).and_then(|x| x.retiring) else {
                 return false;
             };
-            let drained = self.slots[slot as usize]
-                .conn
-                .as_ref()
-                .is_none_or(|c| c.held == 0 && !self.control.in_sink.contains_key(&c.id));
+            let drained = self.slots[slot as usize].conn.as_ref().map_or(true, |c| {
+                c.held == 0 && !self.control.in_sink.contains_key(&c.id)
+            });
             if !drained && now < until {
                 return true;
             }

@@ -4,7 +4,8 @@
 //! Requests go round-robin over the connections; every connection's replies come back to one
 //! tracker, so any reply finds its request whatever connection or order it came in. A closed
 //! connection is reopened on the next send (as upstream does); its requests in flight end as
-//! "no reply" at their deadline.
+//! "no reply" at their deadline. The gateway list may change during a run ([`Live`]): the
+//! connections follow it ([`super::gateways`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +16,10 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::codec::{encode_push, GatewayPush, GatewayReply};
+use super::gateways::{spread, Change, GatewayFigures};
 use super::tracker::{Completed, Outcome, Tracker};
 use crate::proto::{Flags, FrameDecoder, MsgId, Unit};
 
@@ -43,9 +45,10 @@ pub enum Targets {
 /// What to push, how fast and for how long.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Gateway addresses: connection `i` goes to `gateway[i % len]`.
+    /// Gateway addresses: each gets the same number of the connections
+    /// ([`super::gateways::spread`]).
     pub gateway: Vec<SocketAddr>,
-    /// Connections to open to it.
+    /// Connections to open over them (rounded up to a multiple of their count).
     pub connections: usize,
     /// Targets.
     pub targets: Targets,
@@ -86,6 +89,8 @@ pub struct Report {
     pub bad_frames: u64,
     /// From the first send to the last outcome.
     pub elapsed: Duration,
+    /// Figures by gateway: every gateway the run sent to, including those that left.
+    pub gateways: BTreeMap<SocketAddr, GatewayFigures>,
 }
 
 impl Report {
@@ -106,11 +111,13 @@ impl Report {
             connect_failures: 0,
             bad_frames: 0,
             elapsed: Duration::ZERO,
+            gateways: BTreeMap::new(),
         }
     }
 
-    fn record(&mut self, c: &Completed<()>) {
+    fn record(&mut self, c: &Completed<SocketAddr>) {
         *self.outcomes.entry(c.outcome).or_default() += 1;
+        self.gateways.entry(c.tag).or_default().record(c.outcome);
         if c.outcome != Outcome::NoReply {
             let us = c.latency_us.clamp(1, 3_600_000_000);
             self.reply_latency_us.saturating_record(us);
@@ -128,42 +135,132 @@ impl Report {
     }
 }
 
+/// What can change while a run goes on (all optional: [`run`] has neither).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The gateway list, kept current (`push --zookeeper` watching `/cluster/gs`). An empty
+    /// list is ignored: the run keeps the last gateways rather than send nowhere.
+    pub gateways: Option<watch::Receiver<Vec<SocketAddr>>>,
+    /// Turns true to stop sending early (a signal); requests in flight still get their
+    /// outcomes, and the report is complete.
+    pub stop: Option<watch::Receiver<bool>>,
+}
+
+/// Completes when `rx` has a new value; never without a receiver. A sender that is gone
+/// leaves the value as it is (the receiver is dropped so this does not spin).
+async fn next_change<T>(rx: &mut Option<watch::Receiver<T>>) {
+    let ended = match rx.as_mut() {
+        Some(r) => r.changed().await.is_err(),
+        None => return std::future::pending().await,
+    };
+    if ended {
+        *rx = None;
+    }
+}
+
 enum FromConn {
     Reply(MsgId, GatewayReply),
     Bad,
-    Closed(usize),
+    /// The connection with this id was closed by the gateway (or failed).
+    Closed(u64),
+}
+
+/// One connection slot: the gateway it goes to, and its open connection (id, write half).
+struct Slot {
+    addr: SocketAddr,
+    conn: Option<(u64, OwnedWriteHalf)>,
 }
 
 struct Conns {
-    addrs: Vec<SocketAddr>,
-    writers: Vec<Option<OwnedWriteHalf>>,
+    gateways: Vec<SocketAddr>,
+    connections: usize,
+    slots: Vec<Slot>,
+    next_id: u64,
     tx: mpsc::UnboundedSender<FromConn>,
 }
 
 impl Conns {
+    fn new(
+        gateways: &[SocketAddr],
+        connections: usize,
+        tx: mpsc::UnboundedSender<FromConn>,
+    ) -> Self {
+        let mut conns = Conns {
+            gateways: Vec::new(),
+            connections,
+            slots: Vec::new(),
+            next_id: 0,
+            tx,
+        };
+        conns.set_gateways(gateways);
+        conns
+    }
+
+    /// Follows a new gateway list. Connections to gateways still listed are kept; those to
+    /// gateways that left are closed (dropping the write half sends FIN: the gateway gets no
+    /// new request, and replies already on their way are still read).
+    fn set_gateways(&mut self, new: &[SocketAddr]) -> Option<Change> {
+        let change = Change::between(&self.gateways, new);
+        self.gateways = new.to_vec();
+        if change.is_none() && !self.slots.is_empty() {
+            return None;
+        }
+        let mut old = std::mem::take(&mut self.slots);
+        let mut slots: Vec<Slot> = spread(new, self.connections)
+            .into_iter()
+            .map(|addr| {
+                let kept = old
+                    .iter_mut()
+                    .find(|s| s.addr == addr && s.conn.is_some())
+                    .and_then(|s| s.conn.take());
+                Slot { addr, conn: kept }
+            })
+            .collect();
+        if slots.is_empty() {
+            // No gateway at all: one slot nothing listens on, so sends count as failed
+            // connects and their requests end as no reply.
+            let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+            slots.push(Slot {
+                addr: nowhere,
+                conn: None,
+            });
+        }
+        self.slots = slots;
+        change
+    }
+
+    fn closed(&mut self, id: u64) {
+        for s in &mut self.slots {
+            if s.conn.as_ref().is_some_and(|(c, _)| *c == id) {
+                s.conn = None;
+            }
+        }
+    }
+
     async fn writer(&mut self, i: usize, report: &mut Report) -> Option<&mut OwnedWriteHalf> {
-        if self.writers[i].is_none() {
+        let slot = self.slots.get_mut(i)?;
+        if slot.conn.is_none() {
             report.connects += 1;
-            let Some(&addr) = self.addrs.get(i % self.addrs.len().max(1)) else {
+            let figures = report.gateways.entry(slot.addr).or_default();
+            figures.connects += 1;
+            let Ok(stream) = TcpStream::connect(slot.addr).await else {
                 report.connect_failures += 1;
-                return None;
-            };
-            let Ok(stream) = TcpStream::connect(addr).await else {
-                report.connect_failures += 1;
+                figures.connect_failures += 1;
                 return None;
             };
             let _ = stream.set_nodelay(true);
             let (rd, wr) = stream.into_split();
-            tokio::spawn(read_replies(rd, i, self.tx.clone()));
-            self.writers[i] = Some(wr);
+            self.next_id += 1;
+            tokio::spawn(read_replies(rd, self.next_id, self.tx.clone()));
+            slot.conn = Some((self.next_id, wr));
         }
-        self.writers[i].as_mut()
+        slot.conn.as_mut().map(|(_, w)| w)
     }
 }
 
 async fn read_replies(
     mut rd: tokio::net::tcp::OwnedReadHalf,
-    i: usize,
+    i: u64,
     tx: mpsc::UnboundedSender<FromConn>,
 ) {
     let decoder = FrameDecoder::new(1 << 20);
@@ -222,16 +319,22 @@ fn request(plan: &Plan, n: u64) -> GatewayPush {
 /// Runs `plan` to its end (count or duration reached, then every request answered or timed
 /// out), calling `status` about once a second. Never fails: unreachable gateways show up as
 /// connect failures and no replies.
-pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
+pub async fn run(plan: &Plan, status: impl FnMut(&Report)) -> Report {
+    run_live(plan, Live::default(), status, |_, _| {}).await
+}
+
+/// [`run`], following `live`: a changed gateway list (`changed` is told who left and who
+/// joined, with the figures so far) and an early stop.
+pub async fn run_live(
+    plan: &Plan,
+    mut live: Live,
+    mut status: impl FnMut(&Report),
+    mut changed: impl FnMut(&Report, &Change),
+) -> Report {
     let timeout_us = u64::try_from(plan.timeout.as_micros()).unwrap_or(u64::MAX);
-    let mut tracker: Tracker<()> = Tracker::new(timeout_us);
+    let mut tracker: Tracker<SocketAddr> = Tracker::new(timeout_us);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let n_conns = plan.connections.max(1);
-    let mut conns = Conns {
-        addrs: plan.gateway.clone(),
-        writers: (0..n_conns).map(|_| None).collect(),
-        tx,
-    };
+    let mut conns = Conns::new(&plan.gateway, plan.connections.max(1), tx);
     let mut report = Report::new();
     let start = Instant::now();
     let now_us = || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -240,7 +343,21 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
     let mut out = BytesMut::new();
     let mut done = Vec::new();
     loop {
-        let sending = plan.count.map_or(true, |c| report.sent < c)
+        if let Some(list) = &live.gateways {
+            let differs = {
+                let now = list.borrow();
+                !now.is_empty() && *now != conns.gateways
+            };
+            if differs {
+                let now = list.borrow().clone();
+                if let Some(change) = conns.set_gateways(&now) {
+                    changed(&report, &change);
+                }
+            }
+        }
+        let stopped = live.stop.as_ref().is_some_and(|s| *s.borrow());
+        let sending = !stopped
+            && plan.count.map_or(true, |c| report.sent < c)
             && send_until.map_or(true, |t| Instant::now() < t);
         if !sending && tracker.in_flight() == 0 {
             break;
@@ -255,22 +372,25 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
             let due = plan.count.map_or(due, |c| due.min(c));
             let batch = due.saturating_sub(report.sent);
             if batch > 0 {
+                let n_conns = conns.slots.len();
                 for c in 0..n_conns {
                     out.clear();
                     let mine =
                         (0..batch).filter(|k| (report.sent + k) % n_conns as u64 == c as u64);
+                    let gateway = conns.slots[c].addr;
                     let mut n = 0;
                     for k in mine {
-                        let id = tracker.start(now_us(), ());
+                        let id = tracker.start(now_us(), gateway);
                         encode_push(&mut out, &request(plan, report.sent + k), id, plan.flags);
                         n += 1;
                     }
                     if n == 0 {
                         continue;
                     }
+                    report.gateways.entry(gateway).or_default().sent += n;
                     if let Some(w) = conns.writer(c, &mut report).await {
                         if w.write_all(&out).await.is_err() {
-                            conns.writers[c] = None;
+                            conns.slots[c].conn = None;
                         }
                     }
                 }
@@ -304,12 +424,14 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
                             None => report.unmatched += 1,
                         },
                         FromConn::Bad => report.bad_frames += 1,
-                        FromConn::Closed(i) => conns.writers[i] = None,
+                        FromConn::Closed(id) => conns.closed(id),
                     }
                     msg = rx.try_recv().ok();
                 }
             }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            () = next_change(&mut live.gateways) => {}
+            () = next_change(&mut live.stop) => {}
         }
         tracker.handle_timeout(now_us(), &mut done);
         for c in done.drain(..) {

@@ -342,6 +342,7 @@ pub async fn run_live(
     let mut next_status = start + Duration::from_secs(1);
     let mut out = BytesMut::new();
     let mut done = Vec::new();
+    let mut stopped = false;
     loop {
         if let Some(list) = &live.gateways {
             let differs = {
@@ -355,7 +356,8 @@ pub async fn run_live(
                 }
             }
         }
-        let stopped = live.stop.as_ref().is_some_and(|s| *s.borrow());
+        // Sticky: the stop's sender may be gone (and its receiver dropped) once it said so.
+        stopped |= live.stop.as_ref().is_some_and(|s| *s.borrow());
         let sending = !stopped
             && plan.count.map_or(true, |c| report.sent < c)
             && send_until.map_or(true, |t| Instant::now() < t);

@@ -270,16 +270,19 @@ fn push_finds_the_gateway_a_serve_registered() {
     drop(s);
 }
 
-/// Writes `data` into a node (`/mpush/...`) with the real server's credentials.
-fn set_node(rt: &tokio::runtime::Runtime, zk: &ZkProcess, path: &str, data: &[u8]) {
+/// Writes `data` into a node (`/mpush/...`) with the real server's credentials; returns what
+/// it held before.
+fn set_node(rt: &tokio::runtime::Runtime, zk: &ZkProcess, path: &str, data: &[u8]) -> Value {
     rt.block_on(async {
         let client = Client::connector()
             .with_auth("digest", b"mpush")
             .connect(&zk.connect_string())
             .await
             .expect("ZooKeeper session");
+        let (before, _) = client.get_data(path).await.expect("get_data");
         client.set_data(path, data, None).await.expect("set_data");
-    });
+        serde_json::from_slice(&before).expect("JSON node data")
+    })
 }
 
 #[test]
@@ -296,7 +299,7 @@ fn a_changed_weight_is_followed() {
         .build()
         .unwrap();
     let ensemble = zk.connect_string();
-    let mut a = Serve::start(&["--zookeeper", ensemble.as_str()]);
+    let mut a = Serve::start(&["--zookeeper", ensemble.as_str(), "--weight", "2"]);
     let mut b = Serve::start(&["--zookeeper", ensemble.as_str()]);
     let a_node = a.proc.wait_out("registered in ZooKeeper as ");
     b.proc.wait_out("registered in ZooKeeper as ");
@@ -314,22 +317,27 @@ fn a_changed_weight_is_followed() {
         "--duration",
         "600s",
     ]);
-    // Equal weights: both servers get devices.
+    // Weights 2 and 1: both servers get devices.
     wait_stats(&[&a, &b], "devices on both servers", |s| {
         n(&s[0], "connections") + n(&s[1], "connections") == devices
             && n(&s[0], "connections") > 0
             && n(&s[1], "connections") > 0
     });
-    // A's weight goes to 3 (an operator editing its node, as a real deployment may): the
-    // fleet sees the data change and its rotation becomes A three times to B's once.
+    // A's weight goes to 6 (an operator editing its node, as a real deployment may): the
+    // fleet sees the data change and its rotation becomes A six times to B's once.
     let data = format!(
-        r#"{{"attrs":{{"weight":3}},"host":"127.0.0.1","port":{}}}"#,
+        r#"{{"attrs":{{"weight":6}},"host":"127.0.0.1","port":{}}}"#,
         a.addr.port()
     );
-    set_node(&rt, &zk, &a_node, data.as_bytes());
+    let registered = set_node(&rt, &zk, &a_node, data.as_bytes());
+    assert_eq!(
+        registered["attrs"]["weight"], 2,
+        "serve --weight: {registered}"
+    );
+    assert_eq!(registered["port"], a.addr.port(), "{registered}");
     run.wait_err(&[
         "servers now:",
-        &format!("{}x3", a.addr),
+        &format!("{}x6", a.addr),
         &format!("{}x1", b.addr),
     ]);
     // Every device reconnects (both servers close all): the new connects follow the weights.
@@ -340,8 +348,8 @@ fn a_changed_weight_is_followed() {
             && n(&s[0], "connections") + n(&s[1], "connections") == devices
     });
     let (on_a, on_b) = (n(&end[0], "connections"), n(&end[1], "connections"));
-    // 3:1 gives A about 30 of 40; the old 1:1 would give about 20.
-    assert!(on_a > 2 * on_b, "A {on_a}, B {on_b}: {end:?}");
+    // 6:1 gives A about 34 of 40; the old 2:1 about 27.
+    assert!(on_a > 3 * on_b, "A {on_a}, B {on_b}: {end:?}");
     assert_eq!(run.terminate(), Some(0), "{:?}", run.err_lines);
     drop((a, b));
 }

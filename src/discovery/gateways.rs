@@ -1,6 +1,7 @@
 //! The gateways `push --zookeeper` sends to: every one registered in `/cluster/gs`, resolved,
 //! and watched for the whole run, so a gateway that leaves gets no new requests and one that
-//! joins takes its share.
+//! joins takes its share. And `push --gateway NAME`'s addresses, resolved again when connects
+//! fail, so a DNS change during a run is followed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use tokio::sync::watch;
 
 use super::zk::{Cluster, DiscoveryError, Watch, Zk, ZkConfig};
 
+/// Resolutions of a gateway name are at least this far apart.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to get a ZooKeeper session back.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How long one gateway's name may take to resolve.
@@ -107,5 +110,80 @@ async fn keep(cfg: ZkConfig, mut zk: Zk, mut changes: Watch, tx: watch::Sender<V
                 }
             }
         }
+    }
+}
+
+/// `endpoint`'s addresses (`first`: resolved at start), resolved again on a task of the
+/// current tokio runtime each time `failures` (the run's failed connects) grows, at most once
+/// a second. A name that resolves to nothing now keeps its last addresses.
+pub fn follow_name(
+    endpoint: super::Endpoint,
+    first: Vec<SocketAddr>,
+    mut failures: watch::Receiver<u64>,
+) -> watch::Receiver<Vec<SocketAddr>> {
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = failures.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+            let lookup = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port));
+            let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await;
+            match resolved {
+                Ok(Ok(addrs)) => {
+                    let mut now: Vec<SocketAddr> = addrs.collect();
+                    now.sort();
+                    now.dedup();
+                    if now.is_empty() {
+                        tracing::warn!(gateway = %endpoint, "resolves to nothing now; keeping its addresses");
+                    } else {
+                        tx.send_if_modified(|v| {
+                            let mut was = v.clone();
+                            was.sort();
+                            let differs = was != now;
+                            if differs {
+                                tracing::info!(gateway = %endpoint, addrs = ?now, "resolved again");
+                                *v = now;
+                            }
+                            differs
+                        });
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(gateway = %endpoint, "{e}; keeping its addresses"),
+                Err(_) => {
+                    tracing::warn!(gateway = %endpoint, "resolving timed out; keeping its addresses")
+                }
+            }
+            tokio::time::sleep(RESOLVE_EVERY).await;
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_is_resolved_again_when_connects_fail() {
+        // The addresses "from start" are stale (127.0.0.2 is not what localhost is): a
+        // failed connect has them replaced by what the name resolves to now.
+        let stale = vec![SocketAddr::from(([127, 0, 0, 2], 3001))];
+        let (failures, failures_rx) = watch::channel(0);
+        let name: super::super::Endpoint = "localhost:3001".parse().unwrap();
+        let mut list = follow_name(name, stale.clone(), failures_rx);
+        assert_eq!(*list.borrow(), stale, "nothing failed yet");
+        failures.send(1).unwrap();
+        tokio::time::timeout(RESOLVE_TIMEOUT * 2, list.changed())
+            .await
+            .expect("resolved again")
+            .unwrap();
+        let now = list.borrow().clone();
+        assert!(!now.is_empty() && now != stale, "{now:?}");
+        assert!(
+            now.iter().all(|a| a.ip().is_loopback() && a.port() == 3001),
+            "{now:?}"
+        );
     }
 }

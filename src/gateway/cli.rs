@@ -18,7 +18,8 @@ use crate::stats::Summary;
 #[derive(clap::Args, Debug, Clone)]
 pub struct PushArgs {
     /// The gateway, HOST:PORT (the real server's default port is 3001). A host name is
-    /// resolved at start to all its addresses; the connections go round-robin over them.
+    /// resolved at start to all its addresses (each gets the same number of connections) and
+    /// again, at most once a second, when connects fail.
     #[arg(long, required_unless_present = "zookeeper")]
     pub gateway: Option<crate::discovery::Endpoint>,
     /// Or find the gateways where the real servers register them (`/cluster/gs`), watched
@@ -355,6 +356,17 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
         plan.gateway = list.borrow().clone();
         println!("gateways from ZooKeeper: {}", names(&plan.gateway));
         live.gateways = Some(list);
+    }
+    // A gateway name is resolved again when connects fail (a DNS change during the run).
+    if let Some(name) = args.gateway.as_ref().filter(|g| g.literal().is_none()) {
+        let (failures_tx, failures_rx) = tokio::sync::watch::channel(0);
+        let _in_rt = rt.enter();
+        live.gateways = Some(crate::discovery::gateways::follow_name(
+            name.clone(),
+            plan.gateway.clone(),
+            failures_rx,
+        ));
+        live.connect_failures = Some(failures_tx);
     }
     // SIGINT / SIGTERM stop the sending; the requests in flight still get their outcomes
     // (bounded by --timeout) and the report is printed as at a normal end.

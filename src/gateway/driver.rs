@@ -144,6 +144,9 @@ pub struct Live {
     /// Turns true to stop sending early (a signal); requests in flight still get their
     /// outcomes, and the report is complete.
     pub stop: Option<watch::Receiver<bool>>,
+    /// Told the run's failed connects so far whenever they grow (so a gateway name is
+    /// resolved again, [`crate::discovery::gateways::follow_name`]).
+    pub connect_failures: Option<watch::Sender<u64>>,
 }
 
 /// Completes when `rx` has a new value; never without a receiver. A sender that is gone
@@ -355,6 +358,13 @@ pub async fn run_live(
                     changed(&report, &change);
                 }
             }
+        }
+        if let Some(failures) = &live.connect_failures {
+            failures.send_if_modified(|seen| {
+                let grew = report.connect_failures > *seen;
+                *seen = report.connect_failures;
+                grew
+            });
         }
         // Sticky: the stop's sender may be gone (and its receiver dropped) once it said so.
         stopped |= live.stop.as_ref().is_some_and(|s| *s.borrow());

@@ -3,6 +3,8 @@
 //! `--json`, the JSON summary that scripts read; `--report` writes that JSON either way.
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve_harness;
 mod tty;
 
 use std::process::{Command, Stdio};
@@ -122,4 +124,41 @@ fn a_pipe_gets_the_json_and_the_report_file_is_the_same() {
         stderr.contains("--fail-on errors>=0: errors was 0"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_table_has_a_row_per_server() {
+    if !common::io_uring_or_skip("the_table_has_a_row_per_server") {
+        return;
+    }
+    let a = serve_harness::Serve::start(&[]);
+    let b = serve_harness::Serve::start(&[]);
+    let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+    let mut argv = vec![EXE];
+    argv.extend(SMOKE);
+    argv.extend(["--server", &sa, "--server", &sb]);
+    let out = tty::under_pty(&argv).output().unwrap();
+    let text = tty::plain(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = table(&text);
+    let header = rows
+        .iter()
+        .position(|r| {
+            r.split_whitespace().collect::<Vec<_>>()
+                == ["server", "connects", "failed", "online", "errors"]
+        })
+        .unwrap_or_else(|| panic!("no server header in:\n{text}"));
+    // Both servers, in order, each with its connects and online devices; the online
+    // column adds up to the fleet's (50 devices spread over both by round-robin).
+    let mut online = 0;
+    for (i, addr) in [&sa, &sb].into_iter().enumerate() {
+        let cols: Vec<&str> = rows[header + 1 + i].split_whitespace().collect();
+        assert_eq!(cols[0], addr.as_str(), "{text}");
+        let n = |k: usize| cols[k].parse::<u64>().unwrap();
+        assert!(n(1) > 0 && n(3) > 0, "{addr} took connects: {text}");
+        assert_eq!(n(2), 0, "{text}");
+        online += n(3);
+    }
+    assert_eq!(online, 50, "{text}");
+    drop((a, b));
 }

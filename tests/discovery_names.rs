@@ -90,3 +90,67 @@ fn malformed_endpoints_and_zookeeper_flags_are_usage_errors() {
         assert!(!run.err_lines.is_empty(), "{args:?}: a message");
     }
 }
+
+#[test]
+fn serve_and_metrics_listen_on_host_names() {
+    let mut serve = Proc::spawn(&[
+        "serve",
+        "--listen",
+        "localhost:0",
+        "--admin",
+        "localhost:0",
+        "--gateway",
+        "localhost:0",
+        "--quiet",
+    ]);
+    for start in [
+        "mpush server listening on ",
+        "admin API on http://",
+        "gateway on ",
+    ] {
+        let addr: std::net::SocketAddr = serve.wait_out(start).parse().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{start}{addr}");
+        // Something listens there.
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{start}{addr}: {e}"));
+    }
+    assert_eq!(serve.terminate(), Some(0), "{:?}", serve.err_lines);
+
+    for (flag, extra) in [
+        ("--listen", &["serve"][..]),
+        ("--admin", &["serve"]),
+        ("--gateway", &["serve"]),
+        (
+            "--metrics",
+            &["run", "--server", "127.0.0.1:1", "--devices", "1"],
+        ),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend([flag, "no-such-host.invalid:3000"]);
+        let mut p = Proc::spawn(&args);
+        assert_eq!(p.wait_exit(), Some(2), "{args:?}: {:?}", p.err_lines);
+        let all = p.err_lines.join("\n");
+        assert!(
+            all.contains(&format!("{flag} no-such-host.invalid:3000")),
+            "{args:?}: {all}"
+        );
+    }
+
+    if !common::io_uring_or_skip("serve_and_metrics_listen_on_host_names") {
+        return;
+    }
+    let mut run = Proc::spawn(&[
+        "run",
+        "--devices",
+        "2",
+        "--shards",
+        "1",
+        "--metrics",
+        "localhost:0",
+        "--duration",
+        "60s",
+        "--stop-when-online",
+    ]);
+    let line = run.wait_err(&["metrics at /metrics"]);
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert_eq!(run.wait_exit(), Some(0), "{:?}", run.err_lines);
+}

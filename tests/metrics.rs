@@ -160,3 +160,65 @@ fn scrape_parses_with_counters_gauges_and_histograms() {
     server.shutdown();
     drop(s);
 }
+
+#[test]
+fn per_server_series_are_labelled_and_bounded() {
+    use mpush_fleet::stats::servers::{MAX_LABELLED, OTHER};
+    let mut stats = ShardStats::default();
+    let a: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+    let b: SocketAddr = "[::1]:3001".parse().unwrap();
+    stats.servers.entry(a).connects = 7;
+    stats.servers.entry(a).online = 5;
+    stats.servers.entry(b).connects = 2;
+    stats.servers.entry(b).connect_failures = 1;
+    stats.servers.entry(b).errors = 3;
+    let shared = Arc::new(Mutex::new(stats));
+    let source = shared.clone();
+    let server = serve_metrics(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move || source.lock().unwrap().clone()),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let (_, body) = get(addr, "/metrics");
+    assert!(
+        body.contains("# TYPE mpush_fleet_server_online gauge"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE mpush_fleet_server_connects_total counter"),
+        "{body}"
+    );
+    let m = samples(&body);
+    let at = |name: &str, server: &str| m[&format!("mpush_fleet_{name}{{server=\"{server}\"}}")];
+    assert_eq!(at("server_connects_total", "127.0.0.1:3000"), 7.0);
+    assert_eq!(at("server_online", "127.0.0.1:3000"), 5.0);
+    assert_eq!(at("server_connect_failures_total", "[::1]:3001"), 1.0);
+    assert_eq!(at("server_session_errors_total", "[::1]:3001"), 3.0);
+    assert!(!body.contains(OTHER), "{body}");
+
+    // Many servers (a long soak following ZooKeeper): the labels stop at MAX_LABELLED and
+    // the rest are summed under server="other", scrape after scrape.
+    for i in 0..2 * MAX_LABELLED as u16 {
+        let s = SocketAddr::from(([10, 0, 0, 1], 4000 + i));
+        shared.lock().unwrap().servers.entry(s).connects = 1;
+    }
+    let count_series = |body: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("mpush_fleet_server_connects_total{"))
+            .count()
+    };
+    let (_, body) = get(addr, "/metrics");
+    assert_eq!(count_series(&body), MAX_LABELLED + 1, "{body}");
+    let m = samples(&body);
+    let other = m[&format!("mpush_fleet_server_connects_total{{server=\"{OTHER}\"}}")];
+    // 2 + 64 servers, 32 labelled: the first two and 30 of the new ones; 34 in other.
+    assert_eq!(other, (2 * MAX_LABELLED + 2 - MAX_LABELLED) as f64);
+    assert_eq!(
+        m["mpush_fleet_server_connects_total{server=\"127.0.0.1:3000\"}"],
+        7.0
+    );
+    let (_, again) = get(addr, "/metrics");
+    assert_eq!(samples(&again), m, "the same series from scrape to scrape");
+    server.shutdown();
+}

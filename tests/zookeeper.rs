@@ -269,3 +269,200 @@ fn push_finds_the_gateway_a_serve_registered() {
     assert_eq!(json["outcomes"]["error.1.OFFLINE"], 3, "{json}");
     drop(s);
 }
+
+/// Writes `data` into a node (`/mpush/...`) with the real server's credentials; returns what
+/// it held before.
+fn set_node(rt: &tokio::runtime::Runtime, zk: &ZkProcess, path: &str, data: &[u8]) -> Value {
+    rt.block_on(async {
+        let client = Client::connector()
+            .with_auth("digest", b"mpush")
+            .connect(&zk.connect_string())
+            .await
+            .expect("ZooKeeper session");
+        let (before, _) = client.get_data(path).await.expect("get_data");
+        client.set_data(path, data, None).await.expect("set_data");
+        serde_json::from_slice(&before).expect("JSON node data")
+    })
+}
+
+#[test]
+fn a_changed_weight_is_followed() {
+    let name = "a_changed_weight_is_followed";
+    if !common::io_uring_or_skip(name) {
+        return;
+    }
+    let Some(zk) = ZkProcess::start(name) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ensemble = zk.connect_string();
+    let mut a = Serve::start(&["--zookeeper", ensemble.as_str(), "--weight", "2"]);
+    let mut b = Serve::start(&["--zookeeper", ensemble.as_str()]);
+    let a_node = a.proc.wait_out("registered in ZooKeeper as ");
+    b.proc.wait_out("registered in ZooKeeper as ");
+    let devices = 40;
+    let mut run = Proc::spawn(&[
+        "run",
+        "--zookeeper",
+        &ensemble,
+        "--devices",
+        &devices.to_string(),
+        "--rate",
+        "0",
+        "--shards",
+        "1",
+        "--duration",
+        "600s",
+    ]);
+    // Weights 2 and 1: both servers get devices.
+    wait_stats(&[&a, &b], "devices on both servers", |s| {
+        n(&s[0], "connections") + n(&s[1], "connections") == devices
+            && n(&s[0], "connections") > 0
+            && n(&s[1], "connections") > 0
+    });
+    // A's weight goes to 6 (an operator editing its node, as a real deployment may): the
+    // fleet sees the data change and its rotation becomes A six times to B's once.
+    let data = format!(
+        r#"{{"attrs":{{"weight":6}},"host":"127.0.0.1","port":{}}}"#,
+        a.addr.port()
+    );
+    let registered = set_node(&rt, &zk, &a_node, data.as_bytes());
+    assert_eq!(
+        registered["attrs"]["weight"], 2,
+        "serve --weight: {registered}"
+    );
+    assert_eq!(registered["port"], a.addr.port(), "{registered}");
+    run.wait_err(&[
+        "servers now:",
+        &format!("{}x6", a.addr),
+        &format!("{}x1", b.addr),
+    ]);
+    // Every device reconnects (both servers close all): the new connects follow the weights.
+    post(a.admin, "/fault/close-all");
+    post(b.admin, "/fault/close-all");
+    let end = wait_stats(&[&a, &b], "every device back", |s| {
+        n(&s[0], "connections_total") + n(&s[1], "connections_total") >= 2 * devices
+            && n(&s[0], "connections") + n(&s[1], "connections") == devices
+    });
+    let (on_a, on_b) = (n(&end[0], "connections"), n(&end[1], "connections"));
+    // 6:1 gives A about 34 of 40; the old 2:1 about 27.
+    assert!(on_a > 3 * on_b, "A {on_a}, B {on_b}: {end:?}");
+    assert_eq!(run.terminate(), Some(0), "{:?}", run.err_lines);
+    drop((a, b));
+}
+
+/// `GET /stats`'s gateway counters of a serve: single pushes handled.
+fn gateway_pushes(s: &Serve) -> u64 {
+    n(&stats(s.admin)["gateway"], "pushes")
+}
+
+#[test]
+fn push_follows_gateways_leaving_and_joining() {
+    let name = "push_follows_gateways_leaving_and_joining";
+    let Some(zk) = ZkProcess::start(name) else {
+        return;
+    };
+    let ensemble = zk.connect_string();
+    let flags = ["--zookeeper", ensemble.as_str(), "--gateway", "127.0.0.1:0"];
+    let start = || {
+        let mut s = Serve::start(&flags);
+        let g = s.proc.wait_out("gateway on ");
+        s.proc
+            .wait_out("registered in ZooKeeper as /mpush/cluster/gs/");
+        (s, g)
+    };
+    let (mut a, ga) = start();
+    let (b, gb) = start();
+    // Paced and long (the duration only bounds it): the test stops it with SIGTERM.
+    let mut push = Proc::spawn(&[
+        "push",
+        "--zookeeper",
+        &ensemble,
+        "--to",
+        "user-{i}",
+        "--range",
+        "0..10",
+        "--rate",
+        "200",
+        "--duration",
+        "600s",
+        "--connections",
+        "2",
+        "--json",
+    ]);
+    let found = push.wait_out("gateways from ZooKeeper: ");
+    assert!(found.contains(&ga) && found.contains(&gb), "{found}");
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + PATIENCE;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("both gateways get pushes", &|| {
+        gateway_pushes(&a) > 0 && gateway_pushes(&b) > 0
+    });
+
+    // A stops mid-push: it deregisters, the push drops it and sends it nothing more.
+    assert_eq!(a.proc.terminate(), Some(0));
+    let left: u64 = push
+        .wait_out(&format!("gateway {ga} left after "))
+        .trim_end_matches(" requests")
+        .parse()
+        .unwrap();
+    assert_eq!(push.wait_out("gateways now: "), gb);
+
+    // C joins: it gets its share.
+    let (c, gc) = start();
+    push.wait_out(&format!("gateway {gc} joined"));
+    wait("C gets pushes", &|| gateway_pushes(&c) > 0);
+    let b_then = gateway_pushes(&b);
+    wait("B still gets pushes", &|| gateway_pushes(&b) > b_then);
+
+    assert_eq!(push.terminate(), Some(0), "{:?}", push.err_lines);
+    let json: Value = push
+        .out_lines
+        .iter()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        })
+        .unwrap_or_else(|| panic!("a JSON report line in {:?}", push.out_lines));
+    // Every push accounted: each has an outcome, and each went to one gateway.
+    let sent = n(&json, "sent");
+    let outcomes: u64 = json["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(outcomes, sent, "{json}");
+    let by = json["gateways"].as_object().unwrap();
+    assert_eq!(by.len(), 3, "{json}");
+    let mut total = 0;
+    for (g, f) in by {
+        assert_eq!(
+            n(f, "sent"),
+            n(f, "ok") + n(f, "errors") + n(f, "no_reply"),
+            "{g}: {json}"
+        );
+        total += n(f, "sent");
+    }
+    assert_eq!(total, sent, "{json}");
+    // Nothing more went to A after it left.
+    assert_eq!(n(&by[&ga], "sent"), left, "{json}");
+    // B and C stayed up: every push they were sent they handled and answered (OFFLINE:
+    // nobody is online), none lost.
+    for (s, g) in [(&b, &gb), (&c, &gc)] {
+        let f = &by[g.as_str()];
+        assert!(n(f, "sent") > 0, "{g}: {json}");
+        assert_eq!(n(f, "no_reply"), 0, "{g}: {json}");
+        assert_eq!(n(f, "errors"), n(f, "sent"), "{g}: {json}");
+        assert_eq!(gateway_pushes(s), n(f, "sent"), "{g}: {json}");
+    }
+    drop((b, c));
+}

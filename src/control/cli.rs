@@ -182,9 +182,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub sink_capacity: usize,
-    /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:9100`).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (`127.0.0.1:9100`; a host name
+    /// is resolved at start, to its first IPv4 address if it has one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<crate::discovery::BindAddr>,
     /// Exit 1 when a threshold holds at the end: `online<99.9%`, `handshake.p99>500ms`,
     /// `errors>0`, `reconnects>10` (repeatable or comma-separated; see `control::fail_on`).
     #[arg(long = "fail-on", value_name = "EXPR", value_delimiter = ',')]
@@ -361,6 +362,10 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     let mut args = merge_config(args, &argv).map_err(|e| UsageError(format!("{e:#}")))?;
     // Usage first: a name that does not resolve is one.
     let spec = args.discover.spec(&args.servers).map_err(UsageError)?;
+    let metrics_addr = match &args.metrics {
+        Some(a) if !args.worker => Some(a.resolve("--metrics").map_err(UsageError)?),
+        _ => None,
+    };
     if args.worker {
         // The supervisor shows, serves, judges and writes for all its workers.
         (args.metrics, args.report, args.fail_on) = (None, None, Vec::new());
@@ -543,7 +548,7 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<u8> {
     // The scrape thread reads the latest merge; the lock is the control plane's, never a
     // shard's, and is held only to swap or clone a snapshot.
     let latest = Arc::new(Mutex::new(ShardStats::default()));
-    let metrics = match args.metrics {
+    let metrics = match metrics_addr {
         Some(addr) => {
             let latest = latest.clone();
             let source = move || {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::fail_on::Verdict;
 use super::report::RunReport;
+use crate::stats::servers::ServerFigures;
 use crate::stats::{Latency, Summary};
 
 /// Width of the dotted label column.
@@ -169,6 +170,7 @@ pub fn render(report: &RunReport, verdicts: &[Verdict]) -> String {
             );
         }
     }
+    server_rows(&mut t, report);
     latency_rows(&mut t, report);
     super::phases::render(&mut t, report);
     if !verdicts.is_empty() {
@@ -179,6 +181,43 @@ pub fn render(report: &RunReport, verdicts: &[Verdict]) -> String {
         }
     }
     t.finish()
+}
+
+/// Most servers with a row of their own; the rest share one `N others` row, so a fleet that
+/// saw many servers keeps a table a person can read.
+const SERVER_ROWS: usize = 8;
+
+/// One row per server (connects, failed connects, online at the stop, session errors), with
+/// two servers or more (with one, the totals above say it all).
+fn server_rows(t: &mut Table, report: &RunReport) {
+    if report.servers.len() < 2 {
+        return;
+    }
+    t.line(&format!(
+        "  {:<24} {:>9} {:>9} {:>9} {:>9}",
+        "server", "connects", "failed", "online", "errors"
+    ));
+    let row = |t: &mut Table, name: &str, f: &ServerFigures| {
+        t.line(&format!(
+            "    {name:<22} {:>9} {:>9} {:>9} {:>9}",
+            f.connects, f.connect_failures, f.online, f.errors
+        ));
+    };
+    let mut rest = ServerFigures::default();
+    for (i, (name, f)) in report.servers.iter().enumerate() {
+        if i < SERVER_ROWS || report.servers.len() == SERVER_ROWS + 1 {
+            row(t, name, f);
+        } else {
+            rest.connects += f.connects;
+            rest.connect_failures += f.connect_failures;
+            rest.online += f.online;
+            rest.errors += f.errors;
+        }
+    }
+    if report.servers.len() > SERVER_ROWS + 1 {
+        let others = format!("{} others", report.servers.len() - SERVER_ROWS);
+        row(t, &others, &rest);
+    }
 }
 
 /// One row per latency that has samples: p50, p99, max and the sample count.
@@ -324,6 +363,43 @@ mpush-fleet run summary
             .map(|v| format!("--fail-on {}: {}", v.threshold, v.actual))
             .collect();
         assert_eq!(failed, crate::control::fail_on::evaluate(&list, 50, &s));
+    }
+
+    #[test]
+    fn servers_get_rows_bounded() {
+        let mut s = ShardStats::default();
+        s.counters.online = 3;
+        s.counters.ever_online = 3;
+        let a: std::net::SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        s.servers.entry(a).connects = 2;
+        s.servers.entry(a).online = 2;
+        let one = render(&RunReport::new(3, &s, Duration::from_secs(1)), &[]);
+        assert!(!one.contains("server "), "one server, no rows:\n{one}");
+        let b: std::net::SocketAddr = "127.0.0.1:3001".parse().unwrap();
+        s.servers.entry(b).connects = 3;
+        s.servers.entry(b).connect_failures = 1;
+        s.servers.entry(b).online = 1;
+        s.servers.entry(b).errors = 4;
+        let two = render(&RunReport::new(3, &s, Duration::from_secs(1)), &[]);
+        assert!(
+            two.contains(
+                "  server                    connects    failed    online    errors\n    \
+                 127.0.0.1:3000                 2         0         2         0\n    \
+                 127.0.0.1:3001                 3         1         1         4\n"
+            ),
+            "{two}"
+        );
+        for port in 4000..4020 {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            s.servers.entry(addr).connects = 1;
+        }
+        let many = render(&RunReport::new(3, &s, Duration::from_secs(1)), &[]);
+        let rows = many.lines().filter(|l| l.starts_with("    127.")).count();
+        assert_eq!(rows, SERVER_ROWS, "{many}");
+        assert!(
+            many.contains("    14 others                     14         0         0         0"),
+            "{many}"
+        );
     }
 
     #[test]

@@ -128,6 +128,21 @@ fn op(op: &'static str, path: &str) -> impl FnOnce(ZkError) -> DiscoveryError {
     move |source| DiscoveryError::Op { op, path, source }
 }
 
+/// What a [`Zk::list`] watches: the cluster's children and each child's data. Any one
+/// firing means "list again" (ZooKeeper watches fire once).
+pub struct Watch(Vec<OneshotWatcher>);
+
+impl Watch {
+    /// Completes when the children or a child's data changed, or the session ended.
+    pub async fn changed(self) {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let all = self.0.into_iter().map(|w| Box::pin(w.changed()));
+        futures::future::select_all(all).await;
+    }
+}
+
 /// A session with the ensemble, rooted at the namespace.
 pub struct Zk {
     client: Client,
@@ -192,9 +207,11 @@ impl Zk {
         while !states.changed().await.is_terminated() {}
     }
 
-    /// The servers registered in `cluster` now, and a watcher that fires when its children
-    /// change (or, if the path does not exist yet, when it is created). Nodes with bad data
-    /// are left out with a warning; nodes that vanish while being read are left out.
+    /// The servers registered in `cluster` now, and a [`Watch`] that fires when its children
+    /// change (or, if the path does not exist yet, when it is created) or when one of them
+    /// has its data set (a changed `weight`). Nodes with bad data are left out with a
+    /// warning (still watched: a fix is picked up); nodes that vanish while being read are
+    /// left out.
     ///
     /// # Errors
     ///
@@ -202,7 +219,7 @@ impl Zk {
     pub async fn list(
         &self,
         cluster: Cluster,
-    ) -> Result<(Vec<(String, ServerNode)>, OneshotWatcher), DiscoveryError> {
+    ) -> Result<(Vec<(String, ServerNode)>, Watch), DiscoveryError> {
         let path = cluster.path();
         let children = match self.client.list_and_watch_children(path).await {
             Ok(v) => v,
@@ -216,7 +233,7 @@ impl Zk {
                     // Created in between: list again right away.
                     return Box::pin(self.list(cluster)).await;
                 }
-                return Ok((Vec::new(), watcher));
+                return Ok((Vec::new(), Watch(vec![watcher])));
             }
             Err(e) => return Err(op("list", path)(e)),
         };
@@ -224,8 +241,9 @@ impl Zk {
         names.sort();
         let reads = names.iter().map(|name| {
             let child = format!("{path}/{name}");
-            async move { (self.client.get_data(&child).await, child) }
+            async move { (self.client.get_and_watch_data(&child).await, child) }
         });
+        let mut watchers = vec![watcher];
         let mut out = Vec::with_capacity(names.len());
         for ((read, child), name) in futures::future::join_all(reads)
             .await
@@ -233,15 +251,18 @@ impl Zk {
             .zip(names)
         {
             match read {
-                Ok((data, _)) => match ServerNode::parse(&data) {
-                    Ok(node) => out.push((name, node)),
-                    Err(e) => tracing::warn!(node = %child, "ignoring a registration: {e}"),
-                },
+                Ok((data, _, data_watcher)) => {
+                    watchers.push(data_watcher);
+                    match ServerNode::parse(&data) {
+                        Ok(node) => out.push((name, node)),
+                        Err(e) => tracing::warn!(node = %child, "ignoring a registration: {e}"),
+                    }
+                }
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(op("read", &child)(e)),
             }
         }
-        Ok((out, watcher))
+        Ok((out, Watch(watchers)))
     }
 
     /// Registers `node` in `cluster` as the real server does: an ephemeral
@@ -297,31 +318,6 @@ fn uuid_v4() -> String {
         h(8..10),
         h(10..16)
     )
-}
-
-/// Every gateway registered in `/cluster/gs` now, resolved: what `push --zookeeper` sends to.
-///
-/// # Errors
-///
-/// ZooKeeper unreachable or unreadable, or no gateway registered (or none resolves).
-pub async fn gateways(cfg: &ZkConfig) -> anyhow::Result<Vec<std::net::SocketAddr>> {
-    let zk = Zk::connect(cfg).await?;
-    let (nodes, _watch) = zk.list(Cluster::Gateway).await?;
-    let mut out = Vec::new();
-    for (name, node) in nodes {
-        match node.endpoint(false).map(|e| e.resolve()) {
-            Ok(Ok(addrs)) => out.extend(addrs),
-            Ok(Err(e)) => tracing::warn!(node = %name, "gateway does not resolve: {e}"),
-            Err(e) => tracing::warn!(node = %name, "gateway with a bad host: {e}"),
-        }
-    }
-    anyhow::ensure!(
-        !out.is_empty(),
-        "no gateway registered in /{}{}",
-        cfg.namespace,
-        Cluster::Gateway.path()
-    );
-    Ok(out)
 }
 
 #[cfg(test)]

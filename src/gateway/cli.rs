@@ -18,7 +18,8 @@ use crate::stats::Summary;
 #[derive(clap::Args, Debug, Clone)]
 pub struct PushArgs {
     /// The gateway, HOST:PORT (the real server's default port is 3001). A host name is
-    /// resolved at start to all its addresses; the connections go round-robin over them.
+    /// resolved at start to all its addresses (each gets the same number of connections) and
+    /// again, at most once a second, when connects fail.
     #[arg(long, required_unless_present_any = ["zookeeper", "redis"])]
     pub gateway: Option<crate::discovery::Endpoint>,
     /// Or find each user's gateway and client type in its routes in Redis (`mp:ur:<userId>`,
@@ -27,8 +28,9 @@ pub struct PushArgs {
     /// as `no_route` without a request.
     #[arg(long, value_name = "URL", conflicts_with_all = ["gateway", "zookeeper", "broadcast"])]
     pub redis: Option<String>,
-    /// Or find the gateways where the real servers register them (`/cluster/gs`), once at
-    /// start; the connections go round-robin over every gateway found.
+    /// Or find the gateways where the real servers register them (`/cluster/gs`), watched
+    /// during the run: a gateway that leaves gets no new requests (its connections close;
+    /// replies on their way still count), one that joins gets its share of connections.
     #[command(flatten)]
     pub zk: crate::discovery::ZkArgs,
     /// Users to push to: a pattern where `{i}` is replaced by each index of --range.
@@ -72,7 +74,9 @@ pub struct PushArgs {
     /// 500 ms less, as upstream sends it.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub timeout: Duration,
-    /// Gateway connections to open (requests go round-robin).
+    /// Gateway connections to open (requests go round-robin over them). With several
+    /// gateways each gets the same number, at least one: N rounded up to a multiple of
+    /// their count.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// Thresholds that fail the run (exit 1): `no_reply>0`, `no_route>0`, `errors.1>0`, `ok<99%`,
@@ -193,6 +197,11 @@ impl PushArgs {
     }
 }
 
+fn names(list: &[std::net::SocketAddr]) -> String {
+    let v: Vec<String> = list.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
 /// The outcome's name in reports and `--fail-on`.
 pub fn outcome_name(o: Outcome) -> String {
     match o {
@@ -219,6 +228,11 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "connects": r.connects,
         "connect_failures": r.connect_failures,
         "elapsed_s": r.elapsed.as_secs_f64(),
+        "gateways": r
+            .gateways
+            .iter()
+            .map(|(a, f)| (a.to_string(), serde_json::json!(f)))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -231,7 +245,7 @@ fn status_line(r: &Report) -> String {
         .sum();
     let s = Summary::of(&r.reply_latency_us);
     format!(
-        "{:>6.1}s sent {} ok {} errors {} no_reply {} in_flight {} reply p50 {:.2}ms p99 {:.2}ms",
+        "{:>6.1}s sent {} ok {} errors {} no_reply {} in_flight {} reply p50 {:.2}ms p99 {:.2}ms{}",
         r.elapsed.as_secs_f64(),
         r.sent,
         r.count(Outcome::Ok),
@@ -239,7 +253,8 @@ fn status_line(r: &Report) -> String {
         r.count(Outcome::NoReply),
         r.sent.saturating_sub(r.done()),
         s.p50_ms,
-        s.p99_ms
+        s.p99_ms,
+        super::gateways::status(&r.gateways)
     )
 }
 
@@ -382,6 +397,7 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     let mut plan = plan;
+    let mut live = driver::Live::default();
     if let Some(url) = &args.redis {
         rt.block_on(read_routes(url, &mut plan))?;
         let list: Vec<String> = plan.gateway.iter().map(ToString::to_string).collect();
@@ -394,11 +410,55 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
             .ok_or_else(|| {
                 crate::control::cli::UsageError("give --gateway or --zookeeper".into())
             })?;
-        plan.gateway = rt.block_on(crate::discovery::zk::gateways(&cfg))?;
-        let list: Vec<String> = plan.gateway.iter().map(ToString::to_string).collect();
-        println!("gateways from ZooKeeper: {}", list.join(", "));
+        let list = rt.block_on(crate::discovery::gateways::watch(cfg))?;
+        plan.gateway = list.borrow().clone();
+        println!("gateways from ZooKeeper: {}", names(&plan.gateway));
+        live.gateways = Some(list);
     }
-    let report = rt.block_on(driver::run(&plan, |r| println!("{}", status_line(r))));
+    // A gateway name is resolved again when connects fail (a DNS change during the run).
+    if let Some(name) = args.gateway.as_ref().filter(|g| g.literal().is_none()) {
+        let (failures_tx, failures_rx) = tokio::sync::watch::channel(0);
+        let _in_rt = rt.enter();
+        live.gateways = Some(crate::discovery::gateways::follow_name(
+            name.clone(),
+            plan.gateway.clone(),
+            failures_rx,
+        ));
+        live.connect_failures = Some(failures_tx);
+    }
+    // SIGINT / SIGTERM stop the sending; the requests in flight still get their outcomes
+    // (bounded by --timeout) and the report is printed as at a normal end.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    live.stop = Some(stop_rx);
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_rt = rt.enter();
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        rt.spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("stopping (signal): waiting for the replies in flight");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let report = rt.block_on(driver::run_live(
+        &plan,
+        live,
+        |r| println!("{}", status_line(r)),
+        |r, change| {
+            for g in &change.left {
+                let sent = r.gateways.get(g).map_or(0, |f| f.sent);
+                println!("gateway {g} left after {sent} requests");
+            }
+            for g in &change.joined {
+                println!("gateway {g} joined");
+            }
+            println!("gateways now: {}", names(&change.now));
+        },
+    ));
     println!("{}", status_line(&report));
     if args.json {
         println!("{}", report_json(&report));
@@ -412,6 +472,21 @@ pub fn push_main(args: PushArgs) -> anyhow::Result<u8> {
             "gateway reply latency: p50 {:.2}ms p90 {:.2}ms p99 {:.2}ms p999 {:.2}ms max {:.2}ms ({} replies)",
             s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms, s.count
         );
+        if report.gateways.len() >= 2 {
+            println!("by gateway:");
+            for (g, f) in &report.gateways {
+                println!(
+                    "  {:<24} sent {} ok {} errors {} no_reply {} connects {} failed {}",
+                    g.to_string(),
+                    f.sent,
+                    f.ok,
+                    f.errors,
+                    f.no_reply,
+                    f.connects,
+                    f.connect_failures
+                );
+            }
+        }
         if report.unmatched + report.bad_frames + report.connect_failures > 0 {
             println!(
                 "unmatched replies {}, bad frames {}, connect failures {}",

@@ -4,7 +4,8 @@
 //! Requests go round-robin over the connections; every connection's replies come back to one
 //! tracker, so any reply finds its request whatever connection or order it came in. A closed
 //! connection is reopened on the next send (as upstream does); its requests in flight end as
-//! "no reply" at their deadline.
+//! "no reply" at their deadline. The gateway list may change during a run ([`Live`]): the
+//! connections follow it ([`super::gateways`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +16,10 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::codec::{encode_push, GatewayPush, GatewayReply};
+use super::gateways::{spread, Change, GatewayFigures};
 use super::tracker::{Completed, Outcome, Tracker};
 use crate::proto::{Flags, FrameDecoder, MsgId, Unit};
 
@@ -43,9 +45,10 @@ pub enum Targets {
 /// What to push, how fast and for how long.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Gateway addresses: connection `i` goes to `gateway[i % len]`.
+    /// Gateway addresses: each gets the same number of the connections
+    /// ([`super::gateways::spread`]).
     pub gateway: Vec<SocketAddr>,
-    /// Connections to open to it.
+    /// Connections to open over them (rounded up to a multiple of their count).
     pub connections: usize,
     /// Targets.
     pub targets: Targets,
@@ -74,8 +77,8 @@ pub struct Plan {
 /// 5 minutes, longer than a `push` run usually lasts).
 #[derive(Clone, Debug, Default)]
 pub struct Routed {
-    /// Per index of the target range (offset from its start): (gateway index, client type)
-    /// of each online route.
+    /// Per index of the target range (offset from its start): (index in the plan's
+    /// `gateway`, client type) of each online route.
     pub by_user: Vec<Vec<(usize, i32)>>,
 }
 
@@ -98,6 +101,8 @@ pub struct Report {
     pub bad_frames: u64,
     /// From the first send to the last outcome.
     pub elapsed: Duration,
+    /// Figures by gateway: every gateway the run sent to, including those that left.
+    pub gateways: BTreeMap<SocketAddr, GatewayFigures>,
 }
 
 impl Report {
@@ -118,11 +123,13 @@ impl Report {
             connect_failures: 0,
             bad_frames: 0,
             elapsed: Duration::ZERO,
+            gateways: BTreeMap::new(),
         }
     }
 
-    fn record(&mut self, c: &Completed<()>) {
+    fn record(&mut self, c: &Completed<SocketAddr>) {
         *self.outcomes.entry(c.outcome).or_default() += 1;
+        self.gateways.entry(c.tag).or_default().record(c.outcome);
         if !matches!(c.outcome, Outcome::NoReply | Outcome::NoRoute) {
             let us = c.latency_us.clamp(1, 3_600_000_000);
             self.reply_latency_us.saturating_record(us);
@@ -140,47 +147,159 @@ impl Report {
     }
 }
 
+/// What can change while a run goes on (all optional: [`run`] has neither).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The gateway list, kept current (`push --zookeeper` watching `/cluster/gs`). An empty
+    /// list is ignored: the run keeps the last gateways rather than send nowhere.
+    pub gateways: Option<watch::Receiver<Vec<SocketAddr>>>,
+    /// Turns true to stop sending early (a signal); requests in flight still get their
+    /// outcomes, and the report is complete.
+    pub stop: Option<watch::Receiver<bool>>,
+    /// Told the run's failed connects so far whenever they grow (so a gateway name is
+    /// resolved again, [`crate::discovery::gateways::follow_name`]).
+    pub connect_failures: Option<watch::Sender<u64>>,
+}
+
+/// Completes when `rx` has a new value; never without a receiver. A sender that is gone
+/// leaves the value as it is (the receiver is dropped so this does not spin).
+async fn next_change<T>(rx: &mut Option<watch::Receiver<T>>) {
+    let ended = match rx.as_mut() {
+        Some(r) => r.changed().await.is_err(),
+        None => return std::future::pending().await,
+    };
+    if ended {
+        *rx = None;
+    }
+}
+
 /// What a connection's reader task reports (shared with `run --push-rate`'s pusher).
 pub(crate) enum FromConn {
     /// A reply frame, by header id.
     Reply(MsgId, GatewayReply),
     /// A frame that is no reply, or does not decode.
     Bad,
-    /// Connection `i` closed.
-    Closed(usize),
+    /// The connection with this id was closed by the gateway (or failed).
+    Closed(u64),
+}
+
+/// One connection slot: the gateway it goes to, and its open connection (id, write half).
+struct Slot {
+    addr: SocketAddr,
+    conn: Option<(u64, OwnedWriteHalf)>,
 }
 
 struct Conns {
-    addrs: Vec<SocketAddr>,
-    writers: Vec<Option<OwnedWriteHalf>>,
+    gateways: Vec<SocketAddr>,
+    connections: usize,
+    slots: Vec<Slot>,
+    next_id: u64,
     tx: mpsc::UnboundedSender<FromConn>,
 }
 
 impl Conns {
+    fn new(
+        gateways: &[SocketAddr],
+        connections: usize,
+        tx: mpsc::UnboundedSender<FromConn>,
+    ) -> Self {
+        let mut conns = Conns {
+            gateways: Vec::new(),
+            connections,
+            slots: Vec::new(),
+            next_id: 0,
+            tx,
+        };
+        conns.set_gateways(gateways);
+        conns
+    }
+
+    /// Follows a new gateway list. Connections to gateways still listed are kept; those to
+    /// gateways that left are closed (dropping the write half sends FIN: the gateway gets no
+    /// new request, and replies already on their way are still read).
+    fn set_gateways(&mut self, new: &[SocketAddr]) -> Option<Change> {
+        let change = Change::between(&self.gateways, new);
+        self.gateways = new.to_vec();
+        if change.is_none() && !self.slots.is_empty() {
+            return None;
+        }
+        let mut old = std::mem::take(&mut self.slots);
+        let mut slots: Vec<Slot> = spread(new, self.connections)
+            .into_iter()
+            .map(|addr| {
+                let kept = old
+                    .iter_mut()
+                    .find(|s| s.addr == addr && s.conn.is_some())
+                    .and_then(|s| s.conn.take());
+                Slot { addr, conn: kept }
+            })
+            .collect();
+        if slots.is_empty() {
+            // No gateway at all: one slot nothing listens on, so sends count as failed
+            // connects and their requests end as no reply.
+            let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+            slots.push(Slot {
+                addr: nowhere,
+                conn: None,
+            });
+        }
+        self.slots = slots;
+        change
+    }
+
+    fn closed(&mut self, id: u64) {
+        for s in &mut self.slots {
+            if s.conn.as_ref().is_some_and(|(c, _)| *c == id) {
+                s.conn = None;
+            }
+        }
+    }
+
+    /// The slot for request `n`: round-robin over all of them, or over those of `gateway`
+    /// (a route's) when it has any.
+    fn slot_for(&self, gateway: Option<SocketAddr>, n: u64) -> usize {
+        let all = self.slots.len().max(1);
+        let Some(addr) = gateway else {
+            return (n % all as u64) as usize;
+        };
+        let mine = self.slots.iter().filter(|s| s.addr == addr).count();
+        if mine == 0 {
+            return (n % all as u64) as usize;
+        }
+        let k = (n % mine as u64) as usize;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.addr == addr)
+            .nth(k)
+            .map_or(0, |(c, _)| c)
+    }
+
     async fn writer(&mut self, i: usize, report: &mut Report) -> Option<&mut OwnedWriteHalf> {
-        if self.writers[i].is_none() {
+        let slot = self.slots.get_mut(i)?;
+        if slot.conn.is_none() {
             report.connects += 1;
-            let Some(&addr) = self.addrs.get(i % self.addrs.len().max(1)) else {
+            let figures = report.gateways.entry(slot.addr).or_default();
+            figures.connects += 1;
+            let Ok(stream) = TcpStream::connect(slot.addr).await else {
                 report.connect_failures += 1;
-                return None;
-            };
-            let Ok(stream) = TcpStream::connect(addr).await else {
-                report.connect_failures += 1;
+                figures.connect_failures += 1;
                 return None;
             };
             let _ = stream.set_nodelay(true);
             let (rd, wr) = stream.into_split();
-            tokio::spawn(read_replies(rd, i, self.tx.clone()));
-            self.writers[i] = Some(wr);
+            self.next_id += 1;
+            tokio::spawn(read_replies(rd, self.next_id, self.tx.clone()));
+            slot.conn = Some((self.next_id, wr));
         }
-        self.writers[i].as_mut()
+        slot.conn.as_mut().map(|(_, w)| w)
     }
 }
 
 /// Reads connection `i`'s replies into `tx` until it closes.
 pub(crate) async fn read_replies(
     mut rd: tokio::net::tcp::OwnedReadHalf,
-    i: usize,
+    i: u64,
     tx: mpsc::UnboundedSender<FromConn>,
 ) {
     let decoder = FrameDecoder::new(1 << 20);
@@ -213,9 +332,10 @@ pub(crate) async fn read_replies(
     let _ = tx.send(FromConn::Closed(i));
 }
 
-/// The request number `n` of the plan, and the connections its frames go on (several with
-/// routes, one per online route; none when the user has no online route).
-fn requests(plan: &Plan, n: u64, n_conns: usize, out: &mut Vec<(usize, GatewayPush)>) {
+/// The request number `n` of the plan, and the gateway its frames go to (`None`: any
+/// connection; with routes, one frame per online route to that route's gateway; none when
+/// the user has no online route).
+fn requests(plan: &Plan, n: u64, out: &mut Vec<(Option<SocketAddr>, GatewayPush)>) {
     match &plan.targets {
         Targets::Users { pattern, range } => {
             let span = range.end.saturating_sub(range.start).max(1);
@@ -229,22 +349,17 @@ fn requests(plan: &Plan, n: u64, n_conns: usize, out: &mut Vec<(usize, GatewayPu
                 ..GatewayPush::default()
             };
             match &plan.routes {
-                None => out.push(((n % n_conns as u64) as usize, push(plan.client_type))),
+                None => out.push((None, push(plan.client_type))),
                 Some(routed) => {
-                    // Connection c goes to gateway c % gateways: a route's gateway g has
-                    // connections g, g + gateways, ...; pick one by n.
-                    let gateways = plan.gateway.len().max(1);
-                    let per = (n_conns / gateways).max(1);
                     let routes = routed.by_user.get(offset as usize).map_or(&[][..], |r| r);
                     for &(g, ct) in routes {
-                        let c = g + gateways * ((n as usize) % per);
-                        out.push((c, push(ct)));
+                        out.push((plan.gateway.get(g).copied(), push(ct)));
                     }
                 }
             }
         }
         Targets::Broadcast { tags, condition } => out.push((
-            (n % n_conns as u64) as usize,
+            None,
             GatewayPush {
                 content: plan.content.clone(),
                 tags: tags.clone(),
@@ -258,30 +373,60 @@ fn requests(plan: &Plan, n: u64, n_conns: usize, out: &mut Vec<(usize, GatewayPu
 /// Runs `plan` to its end (count or duration reached, then every request answered or timed
 /// out), calling `status` about once a second. Never fails: unreachable gateways show up as
 /// connect failures and no replies.
-pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
+pub async fn run(plan: &Plan, status: impl FnMut(&Report)) -> Report {
+    run_live(plan, Live::default(), status, |_, _| {}).await
+}
+
+/// [`run`], following `live`: a changed gateway list (`changed` is told who left and who
+/// joined, with the figures so far) and an early stop.
+pub async fn run_live(
+    plan: &Plan,
+    mut live: Live,
+    mut status: impl FnMut(&Report),
+    mut changed: impl FnMut(&Report, &Change),
+) -> Report {
     let timeout_us = u64::try_from(plan.timeout.as_micros()).unwrap_or(u64::MAX);
-    let mut tracker: Tracker<()> = Tracker::new(timeout_us);
+    let mut tracker: Tracker<SocketAddr> = Tracker::new(timeout_us);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // With routes, `connections` to each gateway the routes name.
-    let n_conns = match &plan.routes {
+    let connections = match &plan.routes {
         Some(_) => plan.connections.max(1) * plan.gateway.len().max(1),
         None => plan.connections.max(1),
     };
-    let mut conns = Conns {
-        addrs: plan.gateway.clone(),
-        writers: (0..n_conns).map(|_| None).collect(),
-        tx,
-    };
+    let mut conns = Conns::new(&plan.gateway, connections, tx);
     let mut report = Report::new();
     let start = Instant::now();
     let now_us = || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let send_until = plan.duration.map(|d| start + d);
     let mut next_status = start + Duration::from_secs(1);
-    let mut outs: Vec<BytesMut> = (0..n_conns).map(|_| BytesMut::new()).collect();
+    let mut outs: Vec<(BytesMut, u64)> = Vec::new();
     let mut reqs = Vec::new();
     let mut done = Vec::new();
+    let mut stopped = false;
     loop {
-        let sending = plan.count.map_or(true, |c| report.sent < c)
+        if let Some(list) = &live.gateways {
+            let differs = {
+                let now = list.borrow();
+                !now.is_empty() && *now != conns.gateways
+            };
+            if differs {
+                let now = list.borrow().clone();
+                if let Some(change) = conns.set_gateways(&now) {
+                    changed(&report, &change);
+                }
+            }
+        }
+        if let Some(failures) = &live.connect_failures {
+            failures.send_if_modified(|seen| {
+                let grew = report.connect_failures > *seen;
+                *seen = report.connect_failures;
+                grew
+            });
+        }
+        // Sticky: the stop's sender may be gone (and its receiver dropped) once it said so.
+        stopped |= live.stop.as_ref().is_some_and(|s| *s.borrow());
+        let sending = !stopped
+            && plan.count.map_or(true, |c| report.sent < c)
             && send_until.map_or(true, |t| Instant::now() < t);
         if !sending && tracker.in_flight() == 0 {
             break;
@@ -296,27 +441,35 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
             let due = plan.count.map_or(due, |c| due.min(c));
             let batch = due.saturating_sub(report.sent);
             if batch > 0 {
-                for out in &mut outs {
+                let n_slots = conns.slots.len();
+                outs.resize_with(n_slots, || (BytesMut::new(), 0));
+                for (out, n) in &mut outs {
                     out.clear();
+                    *n = 0;
                 }
                 for k in 0..batch {
+                    let n = report.sent + k;
                     reqs.clear();
-                    requests(plan, report.sent + k, n_conns, &mut reqs);
+                    requests(plan, n, &mut reqs);
                     if reqs.is_empty() {
                         *report.outcomes.entry(Outcome::NoRoute).or_default() += 1;
                     }
-                    for (c, push) in reqs.drain(..) {
-                        let id = tracker.start(now_us(), ());
-                        encode_push(&mut outs[c % n_conns], &push, id, plan.flags);
+                    for (gateway, push) in reqs.drain(..) {
+                        let c = conns.slot_for(gateway, n);
+                        let id = tracker.start(now_us(), conns.slots[c].addr);
+                        encode_push(&mut outs[c].0, &push, id, plan.flags);
+                        outs[c].1 += 1;
                     }
                 }
-                for (c, out) in outs.iter().enumerate() {
-                    if out.is_empty() {
+                for (c, (out, n)) in outs.iter().enumerate().take(n_slots) {
+                    if *n == 0 {
                         continue;
                     }
+                    let gateway = conns.slots[c].addr;
+                    report.gateways.entry(gateway).or_default().sent += n;
                     if let Some(w) = conns.writer(c, &mut report).await {
                         if w.write_all(out).await.is_err() {
-                            conns.writers[c] = None;
+                            conns.slots[c].conn = None;
                         }
                     }
                 }
@@ -350,12 +503,14 @@ pub async fn run(plan: &Plan, mut status: impl FnMut(&Report)) -> Report {
                             None => report.unmatched += 1,
                         },
                         FromConn::Bad => report.bad_frames += 1,
-                        FromConn::Closed(i) => conns.writers[i] = None,
+                        FromConn::Closed(id) => conns.closed(id),
                     }
                     msg = rx.try_recv().ok();
                 }
             }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            () = next_change(&mut live.gateways) => {}
+            () = next_change(&mut live.stop) => {}
         }
         tracker.handle_timeout(now_us(), &mut done);
         for c in done.drain(..) {

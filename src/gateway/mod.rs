@@ -8,6 +8,8 @@
 //! - [`tracker`]: requests in flight, matched by header message id in completion order,
 //!   "no reply" after the client's own timeout.
 //! - [`driver`]: the thin tokio driver: connections, pacing, the run's report.
+//! - [`gateways`]: which gateway each connection goes to as the list changes; per-gateway
+//!   figures.
 //! - [`cli`]: `mpush-fleet push`.
 //!
 //! The server's side of the gateway is in [`crate::server`]; it shares [`codec`], [`result`]
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod codec;
 pub mod driver;
+pub mod gateways;
 pub mod result;
 pub mod route;
 pub mod route_store;

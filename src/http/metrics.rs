@@ -3,13 +3,14 @@
 //! are the control plane's latest merge, never a shard's live state.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{HttpServer, Router};
+use crate::stats::servers::Labels;
 use crate::stats::{prometheus, ShardStats};
 
 /// What the endpoint reads on each scrape.
@@ -17,13 +18,23 @@ pub type StatsSource = Arc<dyn Fn() -> ShardStats + Send + Sync>;
 
 /// The metrics routes: `GET /metrics`; another GET is 404, another method 405.
 pub fn router(source: StatsSource) -> Router {
+    // One label table for the endpoint's life: per-server series stay put between scrapes.
+    let labels = Arc::new(Mutex::new(Labels::default()));
     Router::new()
-        .route("/metrics", get(move || scrape(source.clone())))
+        .route(
+            "/metrics",
+            get(move || scrape(source.clone(), labels.clone())),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
 }
 
-async fn scrape(source: StatsSource) -> Response {
-    match prometheus::render(&source()) {
+async fn scrape(source: StatsSource, labels: Arc<Mutex<Labels>>) -> Response {
+    let stats = source();
+    let text = {
+        let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
+        prometheus::render_labelled(&stats, &mut labels)
+    };
+    match text {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

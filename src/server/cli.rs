@@ -1,7 +1,5 @@
 //! `mpush-fleet serve`: the reference server as a command that runs until Ctrl-C.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 
 use super::capacity::{CapacityChange, CapacityLimits, DEFAULT_BURST};
@@ -9,18 +7,20 @@ use super::{
     status, Server, ServerConfig, SessionConfig, DEFAULT_HEARTBEAT_MS, DEFAULT_SESSION_EXPIRE_SECS,
 };
 use crate::crypto::RsaDecryptor;
+use crate::discovery::BindAddr;
 use crate::proto::{BodyLimits, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_BODY};
 
 /// Flags of `mpush-fleet serve`. Defaults are the real server's (`conf/reference.conf`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// MPUSH listener address.
-    #[arg(long, default_value = "127.0.0.1:3000")]
-    pub listen: SocketAddr,
+    /// MPUSH listener address, `HOST:PORT` (a host name is resolved at start, to its first
+    /// IPv4 address if it has one; port 0: any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:3000")]
+    pub listen: BindAddr,
     /// Admin HTTP+JSON API address (loopback recommended); none if absent. Any other address
-    /// needs `--admin-token`.
-    #[arg(long)]
-    pub admin: Option<SocketAddr>,
+    /// needs `--admin-token`. A name is resolved at start, as --listen's.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<BindAddr>,
     /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`; 401
     /// otherwise); required when `--admin` is not a loopback address.
     #[arg(long, env = "MPUSH_ADMIN_TOKEN", hide_env_values = true)]
@@ -89,9 +89,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub json: bool,
     /// Gateway port (PROTOCOL.md 8; the real server's is 3001): GATEWAY_PUSH from app servers
-    /// and `mpush-fleet push`. None if absent.
-    #[arg(long, value_name = "ADDR")]
-    pub gateway: Option<SocketAddr>,
+    /// and `mpush-fleet push`. None if absent. A name is resolved at start, as --listen's.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway: Option<BindAddr>,
     /// Fault: reproduce the real server's gateway ack race (PROTOCOL.md 8.6) on every ack
     /// push: the device's ACK finds no wait and the app server gets no reply.
     #[arg(long, requires = "gateway")]
@@ -147,13 +147,27 @@ impl ServeArgs {
             compress_threshold: self.compress_threshold,
             ..BodyLimits::default()
         };
-        if let Some(addr) = self.admin {
+        let usage = crate::control::cli::UsageError;
+        let listen = self.listen.resolve("--listen").map_err(usage)?;
+        let admin = self
+            .admin
+            .as_ref()
+            .map(|a| a.resolve("--admin"))
+            .transpose()
+            .map_err(usage)?;
+        let gateway = self
+            .gateway
+            .as_ref()
+            .map(|a| a.resolve("--gateway"))
+            .transpose()
+            .map_err(usage)?;
+        if let Some(addr) = admin {
             crate::http::auth::check_exposure(addr, self.admin_token.as_deref(), "--admin")
-                .map_err(|e| crate::control::cli::UsageError(e.to_string()))?;
+                .map_err(|e| usage(e.to_string()))?;
         }
         Ok(ServerConfig {
-            listen: self.listen,
-            admin: self.admin,
+            listen,
+            admin,
             admin_token: self.admin_token.clone().map(crate::http::auth::Token),
             session: SessionConfig {
                 rsa,
@@ -171,7 +185,7 @@ impl ServeArgs {
                 fast_connects_per_sec: self.max_fast_connects_per_sec,
                 burst: self.capacity_burst,
             },
-            gateway: self.gateway,
+            gateway,
             gateway_ack_race: self.gateway_ack_race,
             routes_redis: self.redis.clone(),
         })

@@ -19,6 +19,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::servers::{Labels, ServerFigures};
 use super::{Counters, Latency, Reading, ShardStats};
 
 /// Histogram bucket upper bounds, seconds: 0.5 ms to 60 s, about three per decade, which
@@ -31,26 +32,61 @@ pub const BUCKETS_SECS: [f64; 16] = [
 /// The Content-Type of [`render`]'s text (text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The exposition text of `stats`.
+/// The exposition text of `stats`, its servers labelled afresh (see [`render_labelled`]).
 ///
 /// # Errors
 ///
 /// Only if the encoder fails, which writing into a `String` does not.
 pub fn render(stats: &ShardStats) -> Result<String, fmt::Error> {
-    render_owned(stats.clone())
+    render_labelled(stats, &mut Labels::default())
 }
 
-fn render_owned(stats: ShardStats) -> Result<String, fmt::Error> {
+/// The exposition text of `stats`; the per-server series (`server="HOST:PORT"`) are the
+/// ones `labels` gives, at most [`super::servers::MAX_LABELLED`] plus `server="other"`. An
+/// endpoint keeps one `labels` for its life, so series stay put from scrape to scrape.
+///
+/// # Errors
+///
+/// Only if the encoder fails, which writing into a `String` does not.
+pub fn render_labelled(stats: &ShardStats, labels: &mut Labels) -> Result<String, fmt::Error> {
+    let servers = labels.series(&stats.servers);
     let mut registry = Registry::with_prefix("mpush_fleet");
-    registry.register_collector(Box::new(Snapshot(stats)));
+    registry.register_collector(Box::new(Snapshot(stats.clone(), servers)));
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
     Ok(text)
 }
 
-/// One scrape's figures.
+/// One scrape's figures, and its per-server series.
 #[derive(Debug)]
-struct Snapshot(ShardStats);
+struct Snapshot(ShardStats, Vec<(String, ServerFigures)>);
+
+/// The per-server metrics: name, help, whether a gauge, the figure.
+type ServerMetric = (&'static str, &'static str, bool, fn(&ServerFigures) -> i64);
+
+const SERVER_METRICS: [ServerMetric; 4] = [
+    (
+        "server_connects",
+        "TCP connects attempted, by server",
+        false,
+        |f| i64::try_from(f.connects).unwrap_or(i64::MAX),
+    ),
+    (
+        "server_connect_failures",
+        "Connects that failed or timed out, by server",
+        false,
+        |f| i64::try_from(f.connect_failures).unwrap_or(i64::MAX),
+    ),
+    ("server_online", "Devices online, by server", true, |f| {
+        f.online
+    }),
+    (
+        "server_session_errors",
+        "Errors of sessions (ERROR replies, undecodable frames, timeouts), by server",
+        false,
+        |f| i64::try_from(f.errors).unwrap_or(i64::MAX),
+    ),
+];
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -73,6 +109,27 @@ impl Collector for Snapshot {
                         let labels = [("code", code.to_string())];
                         m.encode_family(&labels)?
                             .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+                    }
+                }
+            }
+        }
+        if !self.1.is_empty() {
+            for (name, help, gauge, read) in SERVER_METRICS {
+                let kind = if gauge {
+                    MetricType::Gauge
+                } else {
+                    MetricType::Counter
+                };
+                let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+                for (server, f) in &self.1 {
+                    let labels = [("server", server.as_str())];
+                    let mut family = m.encode_family(&labels)?;
+                    let v = read(f);
+                    if gauge {
+                        family.encode_gauge(&v)?;
+                    } else {
+                        let v = u64::try_from(v).unwrap_or(0);
+                        family.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
                     }
                 }
             }

@@ -72,6 +72,50 @@ impl ByServer {
     }
 }
 
+/// At most this many servers get a `server` label of their own in Prometheus, and rows of
+/// their own in the summary table; the rest are summed under `other`. A fleet following
+/// ZooKeeper through a long soak may see many servers (pods come back on new addresses): this
+/// bounds the label cardinality whatever happens.
+pub const MAX_LABELLED: usize = 32;
+
+/// The `server` label of the servers beyond [`MAX_LABELLED`].
+pub const OTHER: &str = "other";
+
+/// Which servers have a label of their own: the first [`MAX_LABELLED`] ever seen, for the
+/// life of the endpoint, so a labelled series never moves into `other` and `other` only ever
+/// gains servers (its counters stay monotonic).
+#[derive(Debug, Default)]
+pub struct Labels {
+    labelled: Vec<SocketAddr>,
+}
+
+impl Labels {
+    /// `by`'s figures as `(label, figures)`: each labelled server (in the order first seen),
+    /// then `other` when some server has none.
+    pub fn series(&mut self, by: &ByServer) -> Vec<(String, ServerFigures)> {
+        for addr in by.0.keys() {
+            if self.labelled.len() < MAX_LABELLED && !self.labelled.contains(addr) {
+                self.labelled.push(*addr);
+            }
+        }
+        let mut out: Vec<(String, ServerFigures)> = self
+            .labelled
+            .iter()
+            .map(|a| (a.to_string(), by.0.get(a).copied().unwrap_or_default()))
+            .collect();
+        let mut other: Option<ServerFigures> = None;
+        for (addr, f) in &by.0 {
+            if !self.labelled.contains(addr) {
+                other.get_or_insert_with(ServerFigures::default).merge(f);
+            }
+        }
+        if let Some(o) = other {
+            out.push((OTHER.to_string(), o));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +141,33 @@ mod tests {
         let mut one = ByServer::default();
         one.entry(a).connects = 1;
         assert_eq!(one.status(), "");
+    }
+
+    #[test]
+    fn labels_are_bounded_and_stable() {
+        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+        let mut labels = Labels::default();
+        let mut by = ByServer::default();
+        // High ports first: later, lower addresses must not take their labels.
+        for i in (MAX_LABELLED..MAX_LABELLED + 5).rev() {
+            by.entry(addr(i)).connects = 1;
+        }
+        assert_eq!(labels.series(&by).len(), 5);
+        for i in 0..MAX_LABELLED {
+            by.entry(addr(i)).connects = 2;
+        }
+        let s = labels.series(&by);
+        assert_eq!(s.len(), MAX_LABELLED + 1, "bounded, plus other");
+        let (last, other) = &s[MAX_LABELLED];
+        assert_eq!(last, OTHER);
+        assert_eq!((other.connects, s[0].1.connects), (2 * 5, 1));
+        assert_eq!(
+            s[0].0,
+            addr(MAX_LABELLED).to_string(),
+            "first seen keeps its label"
+        );
+        // A labelled server that is gone from the figures keeps its (zero) series.
+        by.0.remove(&addr(MAX_LABELLED));
+        assert_eq!(labels.series(&by)[0].1, ServerFigures::default());
     }
 }

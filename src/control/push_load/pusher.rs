@@ -268,7 +268,7 @@ impl Pool {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
                         let (rd, wr) = stream.into_split();
-                        tokio::spawn(read_replies(rd, i, self.tx.clone()));
+                        tokio::spawn(read_replies(rd, i as u64, self.tx.clone()));
                         self.conns[i].writer = Some(wr);
                     }
                     Err(_) => self.exit.connect_failures += 1,
@@ -415,6 +415,7 @@ impl Run {
             }
             FromConn::Bad => self.pool.exit.bad_frames += 1,
             FromConn::Closed(i) => {
+                let i = usize::try_from(i).unwrap_or(usize::MAX);
                 if let Some(c) = self.pool.conns.get_mut(i) {
                     c.writer = None;
                 }

@@ -126,8 +126,11 @@ pub fn run(args: RunArgs, argv: &[String]) -> anyhow::Result<u8> {
     }
     drop(tx);
     let latest = Arc::new(Mutex::new(ShardStats::default()));
-    let metrics = match args.metrics {
+    let metrics = match &args.metrics {
         Some(addr) => {
+            let addr = addr
+                .resolve("--metrics")
+                .map_err(crate::control::cli::UsageError)?;
             let latest = latest.clone();
             let source = move || {
                 latest

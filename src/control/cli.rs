@@ -185,6 +185,9 @@ pub struct RunArgs {
     /// Longest a ticket lives in Redis (never beyond its session's expireTime).
     #[arg(long, value_parser = parse_duration, default_value = "300s")]
     pub ticket_ttl: Duration,
+    /// Device-originated traffic: `--device-push-rate`, `--http-proxy-rate`, ...
+    #[command(flatten)]
+    pub upstream: super::upstream::UpstreamArgs,
 }
 
 /// Parses `30s`, `5m`, `2h`, `250ms` or plain seconds.
@@ -548,6 +551,7 @@ fn fleet_config(args: &RunArgs, servers: Vec<SocketAddr>) -> anyhow::Result<Flee
             retry_ratio: args.retry_budget,
             retry_floor_per_sec: args.retry_floor,
         },
+        upstream: args.upstream.load().map_err(UsageError)?,
         ..FleetConfig::default()
     };
     let non_negative = |x: f64| x.is_finite() && x >= 0.0;

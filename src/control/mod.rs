@@ -17,6 +17,7 @@ pub mod phases;
 pub mod report;
 pub mod summary;
 pub mod supervisor;
+pub mod upstream;
 pub mod worker;
 
 use std::net::{IpAddr, SocketAddr};

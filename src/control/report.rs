@@ -164,6 +164,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
         c.reconnects,
     );
     line.push_str(&super::phases::status(stats));
+    line.push_str(&super::upstream::status(c));
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }

@@ -147,6 +147,11 @@ step "mpush-fleet serve --http-proxy api.example=127.0.0.1:8080,127.0.0.1:8081" 
   grep -q '^mpush server listening on ' "$px_out"
 kill -INT "$px_pid" 2>/dev/null || true; wait "$px_pid" 2>/dev/null || true
 
+# Upstream load: against the reference server, whose proxy is off here (ERROR 101 is counted).
+step "mpush-fleet run --server 127.0.0.1:3000 --devices 10000 --duration 60s --device-push-rate 200 --device-push-ack auto --http-proxy-rate 50 --http-proxy-uri http://api.example/ping" \
+  mpush-fleet run --server "$server" --devices 20 --duration 2s --rate 0 \
+    --device-push-rate 200 --device-push-ack auto --http-proxy-rate 5 --http-proxy-uri http://api.example/ping
+
 # Stages: the README's plan in a short form, and its [[stage]] tables (the second toml block).
 step "mpush-fleet run --server host:3000 --stages 'ramp:10000@1000,hold:60s,churn:5%/s:30s,storm,hold:30s,ramp-down:20s'" \
   mpush-fleet run --server "$server" --duration 60s \

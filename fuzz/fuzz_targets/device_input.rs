@@ -192,6 +192,8 @@ impl Shell {
                 }
                 Effect::SaveTicket(t) => self.stored = Some(t),
                 Effect::DeleteTicket => self.stored = None,
+                // This target starts no upstream requests (the sim tests cover them).
+                Effect::Upstream(_) => {}
             }
         }
     }

@@ -232,6 +232,9 @@ pub struct RunArgs {
     /// Without it: each user's route in --redis (`mp:ur:`), or the embedded server's gateway.
     #[arg(long, value_name = "HOST:PORT", requires = "push_rate")]
     pub gateway: Option<Endpoint>,
+    /// Device-originated traffic: `--device-push-rate`, `--http-proxy-rate`, ...
+    #[command(flatten)]
+    pub upstream: super::upstream::UpstreamArgs,
 }
 
 /// Parses `30s`, `5m`, `2h`, `250ms` or plain seconds.
@@ -794,6 +797,7 @@ fn fleet_config(args: &RunArgs, servers: Vec<SocketAddr>) -> anyhow::Result<Flee
             retry_ratio: args.retry_budget,
             retry_floor_per_sec: args.retry_floor,
         },
+        upstream: args.upstream.load().map_err(UsageError)?,
         ..FleetConfig::default()
     };
     let non_negative = |x: f64| x.is_finite() && x >= 0.0;

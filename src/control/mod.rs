@@ -21,6 +21,7 @@ pub mod push_load;
 pub mod report;
 pub mod summary;
 pub mod supervisor;
+pub mod upstream;
 pub mod worker;
 
 use std::net::{IpAddr, SocketAddr};

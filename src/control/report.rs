@@ -173,6 +173,7 @@ pub fn status_line(devices: u32, elapsed: Duration, stats: &ShardStats) -> Strin
     );
     line.push_str(&super::phases::status(stats));
     line.push_str(&push_status(c));
+    line.push_str(&super::upstream::status(c));
     if c.retries_throttled > 0 {
         line.push_str(&format!(" retries_throttled {}", c.retries_throttled));
     }

@@ -112,6 +112,13 @@ impl Device {
                 sh.stats.counters.push_decode_errors += 1;
                 return;
             }
+            // The same for an HttpResponse (a body over the inflate cap): that request's
+            // answer is bad, the session goes on.
+            Err(DecodeError::Inflate | DecodeError::InflateTooLarge { .. })
+                if frame.cmd == Cmd::HttpProxy as u8 && matches!(self.state, State::Online(_)) =>
+            {
+                return self.on_upstream_garbled(now, sh, frame.msg_id);
+            }
             Err(e) => return self.fail_decode(now, sh, e),
         };
         let msg = match ServerMessage::decode(frame.cmd, body) {

@@ -262,8 +262,20 @@ fn a_lying_server_is_counted_and_the_session_goes_on() {
     crate::proto::encode_frame(&mut garbage, Cmd::HttpProxy, Flags::NONE, MsgId(4), &[1, 2]);
     sim.inject(conn, &garbage);
     assert_eq!(outcome(&mut sim, 31).0.outcome, UpstreamOutcome::BadAnswer);
+    // A COMPRESS flag on a body that does not inflate.
+    sim.start_upstream(100, 32, http(b""), 60_000);
+    let mut garbage = BytesMut::new();
+    crate::proto::encode_frame(
+        &mut garbage,
+        Cmd::HttpProxy,
+        Flags::COMPRESS,
+        MsgId(5),
+        b"zz",
+    );
+    sim.inject(conn, &garbage);
+    assert_eq!(outcome(&mut sim, 32).0.outcome, UpstreamOutcome::BadAnswer);
     let c = counters(&sim);
-    assert_eq!((c.upstream_unmatched, c.upstream_bad_answers), (3, 2));
+    assert_eq!((c.upstream_unmatched, c.upstream_bad_answers), (3, 3));
     assert_eq!((c.online, c.decode_errors, c.reconnects), (1, 0, 0));
 }
 

@@ -137,7 +137,7 @@ impl Collector for Snapshot {
         let mut m = encoder.encode_descriptor(
             "latency_seconds",
             "Latencies by operation (connect, handshake, fast_connect, bind, heartbeat_rtt, \
-             push_to_sink)",
+             push_to_sink, window_wait, device_push_ack, http_proxy)",
             None,
             MetricType::Histogram,
         )?;

@@ -102,7 +102,8 @@ pub fn run(args: RunArgs, argv: &[String]) -> anyhow::Result<u8> {
     let (tx, events) = crossbeam_channel::unbounded();
     let mut slots: Vec<Slot> = Vec::with_capacity(n);
     for s in &slices {
-        let wargs = plan::worker_args(&run_args, s, args.rate.per_sec() / n as f64, shards);
+        let mut wargs = plan::worker_args(&run_args, s, args.rate.per_sec() / n as f64, shards);
+        wargs.extend(args.upstream.worker_rates(n));
         match Worker::spawn(&exe, &wargs, *s, tx.clone()) {
             Ok(worker) => {
                 let now = Instant::now();

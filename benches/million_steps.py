@@ -189,12 +189,15 @@ def stop_all(graceful):
     """Stops the fleets (gracefully, or SIGKILL to protect the machine), then the servers."""
     fleet = [p for _, p in runs]
     if graceful:
-        for p in fleet:
+        # One step at a time, newest first: 1,000,000 sessions closing at once on 2 cores
+        # took the workers past the supervisors' 60 s stop grace (2026-12-01 run, exit 3).
+        for p in reversed(fleet):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        end = time.time() + 120
-        while time.time() < end and any(p.poll() is None for p in fleet):
-            time.sleep(0.5)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
     for p in fleet:
         # The workers first (SIGKILLing a supervisor would leave them its SIGTERM only).
         for c in children(p.pid):

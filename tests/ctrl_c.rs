@@ -18,16 +18,31 @@ fn ctrl_c_on_run_with_a_child_server_stops_with_no_reconnect() {
     if !common::io_uring_or_skip("ctrl_c_on_run_with_a_child_server_stops_with_no_reconnect") {
         return;
     }
-    // 10,000 devices and their server need more descriptors than one process may have here:
-    // the embedded server runs as a child process, as in the README's command.
-    let mut child = Command::new(EXE)
-        .args(["run", "--devices", "10000", "--no-pin", "--rate", "5000"])
+    // 10,000 devices and their server need more descriptors than one process may have (the
+    // limit is set to 20,000, this machine's, for any machine): the embedded server runs as
+    // a child process, as in the README's command.
+    let mut cmd = Command::new(EXE);
+    cmd.args(["run", "--devices", "10000", "--no-pin", "--rate", "5000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("run starts");
+        .process_group(0);
+    // SAFETY: runs in the forked child before exec and only calls setrlimit(2), which is
+    // async-signal-safe; lowering a limit is always allowed.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 20_000,
+                rlim_max: 20_000,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("run starts");
     let pid = i32::try_from(child.id()).expect("pid fits");
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();
@@ -62,6 +77,27 @@ fn ctrl_c_on_run_with_a_child_server_stops_with_no_reconnect() {
             }
         }
     }
+    // The server is a child process in a group of its own, which the signal below misses.
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let serve: Vec<&str> = kids
+        .split_whitespace()
+        .filter(|k| {
+            std::fs::read(format!("/proc/{k}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"serve"))
+        })
+        .collect();
+    assert_eq!(serve.len(), 1, "one child `serve`: {kids}");
+    let group = std::fs::read_to_string(format!("/proc/{}/stat", serve[0])).unwrap();
+    let pgrp: i32 = group
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(pgrp, pid, "the server is not in the fleet's process group");
     // What a terminal's Ctrl-C does: SIGINT to every process of the foreground group.
     // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
     let rc = unsafe { libc::kill(-pid, libc::SIGINT) };

@@ -230,6 +230,7 @@ if grep -q '^summary: ' "$log"; then echo "   ok"; else
 fi
 echo "SKIPPED bash tuning/apply.sh: changes kernel settings of the machine"
 echo "SKIPPED benches/fleet_100k.sh: a 100k-session load bench, never run by the tests"
+echo "SKIPPED benches/million.sh: a 1,000,000-session load bench, never run by the tests"
 # Kubernetes: the manifests and the entrypoint are checked by tests/k8s_manifests.rs.
 for line in "cargo build --release && docker build -f deploy/k8s/Dockerfile -t mpush-fleet:latest ." \
   "kubectl apply -k deploy/k8s/" "kubectl wait --for=condition=complete --timeout=2h job/mpush-fleet" \

@@ -1,7 +1,8 @@
 //! `run --processes`: one fleet in several worker processes under a supervisor. Its report
 //! is the exact merge of the workers' (counters and histogram counts are their sums); a worker
 //! that dies (SIGKILL, found among the supervisor's children) or never starts makes the
-//! supervisor exit 3 with a message naming it. Real binary, real `serve` processes, loopback;
+//! supervisor exit 3 with a message naming it; a bad flag is one usage error (exit 2) before
+//! any worker starts. Real binary, real `serve` processes, loopback;
 //! every wait is a condition with a deadline.
 
 mod common;
@@ -227,25 +228,63 @@ fn a_worker_that_never_starts_is_named() {
     if !common::io_uring_or_skip("a_worker_that_never_starts_is_named") {
         return;
     }
+    // Flags that pass the usage check but fail at the worker's start: no consumer listens on
+    // the sink's socket.
+    let sink = format!(
+        "unix:{}",
+        std::env::temp_dir()
+            .join(format!(
+                "mpush-fleet-no-consumer-{}.sock",
+                std::process::id()
+            ))
+            .display()
+    );
     let out = Command::new(EXE)
-        .args([
-            "run",
-            "--processes",
-            "2",
-            "--devices",
-            "4",
-            "--public-key",
-            "nope",
-        ])
+        .args(["run", "--processes", "2", "--devices", "4", "--sink", &sink])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: worker 0 (pid "), "{err}");
-    assert!(err.contains("never started (exit code 2)"), "{err}");
+    assert!(err.contains("never started (exit code 1)"), "{err}");
     assert!(
-        err.contains("--public-key"),
+        err.contains("connecting to the sink consumer"),
         "the worker's own words: {err}"
     );
+}
+
+/// A bad value that only a worker's start would find is checked by the supervisor first:
+/// one usage error, exit 2, and no worker started.
+#[test]
+fn a_bad_flag_is_one_usage_error_not_dead_workers() {
+    let bad: [(&[&str], &str); 5] = [
+        (&["--public-key", "nope"], "--public-key"),
+        (&["--source", "nope"], "bad source address nope"),
+        (&["--shards", "0"], "--shards must be at least 1"),
+        (&["--retry-budget=-1"], "--retry-budget"),
+        (
+            &["--server", "no-such-host.invalid:3000"],
+            "--server no-such-host.invalid:3000",
+        ),
+    ];
+    for (flags, says) in bad {
+        let out = Command::new(EXE)
+            .args(["run", "--processes", "3", "--devices", "30"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert_eq!(err.matches(says).count(), 1, "{flags:?}: said once: {err}");
+        assert!(
+            !err.contains("worker"),
+            "{flags:?}: no worker started: {err}"
+        );
+        assert!(
+            !err.contains("supervisor:"),
+            "{flags:?}: refused before the split: {err}"
+        );
+    }
 }

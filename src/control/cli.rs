@@ -335,6 +335,19 @@ pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
         }
     }
     merged.extend(argv.iter().skip_while(|a| *a != "run").skip(1).cloned());
+    Ok(parse_run(
+        &std::iter::once("mpush-fleet".to_string())
+            .chain(merged)
+            .collect::<Vec<_>>(),
+    )?)
+}
+
+/// Parses `mpush-fleet run ...` (`argv[0]` is the program) with `run`'s own clap parser.
+///
+/// # Errors
+///
+/// clap's error for a bad flag or value.
+pub fn parse_run(argv: &[String]) -> Result<RunArgs, clap::Error> {
     #[derive(Parser)]
     struct Wrap {
         #[command(subcommand)]
@@ -346,7 +359,7 @@ pub fn merge_config(args: RunArgs, argv: &[String]) -> anyhow::Result<RunArgs> {
     }
     let Wrap {
         cmd: Sub::Run(args),
-    } = Wrap::try_parse_from(std::iter::once("mpush-fleet".to_string()).chain(merged))?;
+    } = Wrap::try_parse_from(argv)?;
     Ok(args)
 }
 
@@ -775,7 +788,11 @@ fn push_config(
     }))
 }
 
-fn fleet_config(args: &RunArgs, servers: Vec<SocketAddr>) -> anyhow::Result<FleetConfig> {
+/// The fleet's configuration from `run`'s flags (the supervisor's usage check calls it too).
+pub(crate) fn fleet_config(
+    args: &RunArgs,
+    servers: Vec<SocketAddr>,
+) -> anyhow::Result<FleetConfig> {
     let rsa = match &args.public_key {
         Some(b64) => RsaEncryptor::from_spki_base64(b64)
             .map_err(|e| UsageError(format!("--public-key: {e}")))?,

@@ -5,8 +5,8 @@
 //! buffer; the read buffer is allocated when bytes arrive, grown only while a large frame is
 //! arriving (the decoder says how many bytes the frame needs), and released whenever it
 //! drains. Writes go straight from the task (`write_all`), so no writer task or queue exists
-//! per connection; commands from elsewhere (push, kick, faults) arrive on an unbounded
-//! channel, which allocates nothing while empty.
+//! per connection; commands from elsewhere (push, kick, faults) arrive in an
+//! [`super::inbox`], which allocates nothing while empty (a tokio channel allocates 3 KiB).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use super::inbox::{inbox, InboxHandle, InboxReceiver};
 use super::session::{CloseReason, Effect, ServerSession, SessionLookup, Tick};
 use super::shared::{CapacityKind, ConnCmd, ConnId, Shared};
 use crate::proto::{Cmd, FrameDecoder, Unit};
@@ -33,9 +34,8 @@ pub(crate) async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (tx, cmds) = mpsc::unbounded_channel();
-    // Weak: the registry's sender alone keeps the channel open (its end is the shutdown).
-    let me = tx.downgrade();
+    // The registry's sender alone keeps the inbox open (its end is the shutdown).
+    let (tx, me, cmds) = inbox();
     let id = shared.add_conn(peer, tx);
     let session = ServerSession::new(shared.cfg.clone(), shared.now());
     let decoder = FrameDecoder::new(shared.cfg.limits.max_body);
@@ -67,7 +67,7 @@ struct Conn {
     id: ConnId,
     peer: SocketAddr,
     /// For answers that arrive later (forwarded HTTP_PROXY requests).
-    me: mpsc::WeakUnboundedSender<ConnCmd>,
+    me: InboxHandle,
     stream: TcpStream,
     session: ServerSession,
     decoder: FrameDecoder,
@@ -77,7 +77,7 @@ struct Conn {
 impl Conn {
     async fn drive(
         &mut self,
-        mut cmds: mpsc::UnboundedReceiver<ConnCmd>,
+        mut cmds: InboxReceiver,
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseReason {
         let mut rx = BytesMut::new();
@@ -285,13 +285,12 @@ impl Conn {
                         let (me, peer) = (self.me.clone(), self.peer);
                         tokio::spawn(async move {
                             let f = super::http_proxy::forward(&cfg, request, peer).await;
-                            if let Some(tx) = me.upgrade() {
-                                let _ = tx.send(ConnCmd::HttpAnswer {
-                                    msg_id,
-                                    response: f.response,
-                                    raw: f.raw,
-                                });
-                            }
+                            // Fails, harmlessly, when the connection has gone meanwhile.
+                            let _ = me.send(ConnCmd::HttpAnswer {
+                                msg_id,
+                                response: f.response,
+                                raw: f.raw,
+                            });
                         });
                     }
                 }

@@ -16,7 +16,8 @@
 //!   session lookup (requests over the limit wait, in order; none is refused).
 //! - `shared`: the registry, push log, counters and fault switches.
 //! - `routes`: the route table, indexed by user and by connection (O(1) close and push).
-//! - `conn`: the tokio task per connection (the shell around a session).
+//! - `conn`: the tokio task per connection (the shell around a session); `inbox`: its
+//!   queue of commands from elsewhere.
 //! - [`runtime`]: [`Server::start`], [`ServerHandle`], the accept loop.
 //! - `gateway`: the gateway port (PROTOCOL.md 8): GATEWAY_PUSH from app servers, ack waits,
 //!   broadcasts; it shares the wire codec of [`crate::gateway`] with the gateway client.
@@ -34,6 +35,7 @@ pub mod cli;
 mod conn;
 mod gateway;
 pub mod http_proxy;
+mod inbox;
 mod routes;
 pub mod runtime;
 pub mod session;

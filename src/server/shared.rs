@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::capacity::{Capacity, CapacityChange, CapacityLimits};
 use super::routes::Routes;
@@ -79,7 +78,7 @@ pub(crate) enum ConnCmd {
 
 #[derive(Debug)]
 pub(crate) struct ConnEntry {
-    pub(crate) tx: UnboundedSender<ConnCmd>,
+    pub(crate) tx: super::inbox::InboxSender,
     pub(crate) peer: SocketAddr,
 }
 
@@ -276,7 +275,7 @@ impl Shared {
         self.counters.connections_total.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn add_conn(&self, peer: SocketAddr, tx: UnboundedSender<ConnCmd>) -> ConnId {
+    pub(crate) fn add_conn(&self, peer: SocketAddr, tx: super::inbox::InboxSender) -> ConnId {
         let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
         lock(&self.conns).insert(id, ConnEntry { tx, peer });
         self.counters.connections.fetch_add(1, Relaxed);

@@ -15,6 +15,7 @@
 
 pub mod children;
 pub mod plan;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -93,6 +94,12 @@ pub fn run(args: RunArgs, argv: &[String]) -> anyhow::Result<u8> {
         .skip(1)
         .cloned()
         .collect();
+    // The workers' argument sets differ only in the numbers the supervisor gives them, so
+    // checking the first checks all: a bad flag is one usage error, not N dead workers.
+    if let Some(first) = slices.first() {
+        let wargs = plan::worker_args(&run_args, first, args.rate.per_sec() / n as f64, shards);
+        usage::check(&wargs)?;
+    }
     let exe = std::env::current_exe().context("locating mpush-fleet for the workers")?;
     eprintln!(
         "supervisor: {n} workers of up to {most} devices, {shards} shard(s) each \
@@ -162,7 +169,7 @@ pub fn run(args: RunArgs, argv: &[String]) -> anyhow::Result<u8> {
         }
         let now = Instant::now();
         for s in &mut slots {
-            check(s, now, &mut failures);
+            check(s, now, stopping.is_some(), &mut failures);
         }
         let mut total = ShardStats::default();
         slots.iter().for_each(|s| total.merge(&s.stats));
@@ -270,8 +277,9 @@ fn take(slots: &mut [Slot], ev: Event, failures: &mut Vec<String>) {
     }
 }
 
-/// Notices a worker that ended, never started, or went silent.
-fn check(s: &mut Slot, now: Instant, failures: &mut Vec<String>) {
+/// Notices a worker that ended, never started, or went silent. A stopping worker is silent
+/// while it drains (it sends its report at the end): `STOP_GRACE` bounds it instead.
+fn check(s: &mut Slot, now: Instant, stopping: bool, failures: &mut Vec<String>) {
     if s.exit.is_none() {
         if let Some(status) = s.worker.try_wait() {
             s.exit = Some((status, now));
@@ -296,7 +304,7 @@ fn check(s: &mut Slot, now: Instant, failures: &mut Vec<String>) {
     }
     if !s.started && now.duration_since(s.spawned) > PATIENCE {
         fail(s, failures, format!("never started within {PATIENCE:?}"));
-    } else if s.report.is_none() && now.duration_since(s.last_heard) > PATIENCE {
+    } else if !stopping && s.report.is_none() && now.duration_since(s.last_heard) > PATIENCE {
         fail(s, failures, format!("stopped reporting for {PATIENCE:?}"));
     }
 }

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use crate::device::DeviceConfig;
 use crate::shard::{self, Command, Report, ShardConfig, ShardExit};
@@ -118,7 +118,7 @@ pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
 }
 
 struct ShardCtl {
-    commands: Sender<Command>,
+    commands: shard::ShardCommands,
     thread: JoinHandle<ShardExit>,
 }
 
@@ -192,13 +192,9 @@ impl Fleet {
                     cfg.rate,
                 ),
             };
-            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-            let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())
+            let (thread, commands) = shard::spawn(shard_cfg, store, report_tx.clone())
                 .with_context(|| format!("spawning shard {id}"))?;
-            shards.push(ShardCtl {
-                commands: cmd_tx,
-                thread,
-            });
+            shards.push(ShardCtl { commands, thread });
         }
         let latest = vec![ShardStats::default(); cfg.shards];
         Ok(Fleet {
@@ -278,7 +274,7 @@ impl Fleet {
             return;
         }
         for (id, s) in self.shards.iter().enumerate() {
-            let _ = s.commands.send(Command::Servers(rotate(servers, id)));
+            s.commands.send(Command::Servers(rotate(servers, id)));
         }
         self.cfg.servers = servers.to_vec();
     }
@@ -287,7 +283,7 @@ impl Fleet {
     /// pushes, and drain the sink. [`Fleet::stop`] then waits for them.
     pub fn begin_stop(&self) {
         for s in &self.shards {
-            let _ = s.commands.send(Command::Stop);
+            s.commands.send(Command::Stop);
         }
     }
 

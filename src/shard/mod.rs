@@ -22,11 +22,11 @@ mod uring;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::device::DeviceConfig;
 use crate::stats::ShardStats;
@@ -89,6 +89,26 @@ pub enum Command {
     Servers(Vec<SocketAddr>),
 }
 
+/// How a shard's driver lets itself be woken for a command (the ring driver: its eventfd).
+type CommandWake = Arc<OnceLock<Arc<dyn Fn() + Send + Sync>>>;
+
+/// The control plane's end of a shard's command channel: a command also wakes the shard, so
+/// a driver that can be woken does not poll for commands.
+pub struct ShardCommands {
+    tx: Sender<Command>,
+    wake: CommandWake,
+}
+
+impl ShardCommands {
+    /// Sends `cmd` and wakes the shard (a shard that has ended ignores it).
+    pub fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+    }
+}
+
 /// What a shard tells the control plane.
 #[derive(Debug)]
 pub enum Report {
@@ -111,7 +131,7 @@ pub struct ShardExit {
     pub error: Option<String>,
 }
 
-/// Starts a shard on its own thread.
+/// Starts a shard on its own thread; commands reach it through the returned sender.
 ///
 /// # Errors
 ///
@@ -119,10 +139,15 @@ pub struct ShardExit {
 pub fn spawn(
     cfg: ShardConfig,
     store: Box<dyn TicketStore>,
-    commands: Receiver<Command>,
     reports: Sender<Report>,
-) -> std::io::Result<JoinHandle<ShardExit>> {
-    std::thread::Builder::new()
+) -> std::io::Result<(JoinHandle<ShardExit>, ShardCommands)> {
+    let (tx, commands) = crossbeam_channel::unbounded();
+    let wake = CommandWake::default();
+    let sender = ShardCommands {
+        tx,
+        wake: wake.clone(),
+    };
+    let thread = std::thread::Builder::new()
         .name(format!("shard-{}", cfg.id))
         .spawn(move || {
             if let Some(core) = cfg.core {
@@ -131,7 +156,7 @@ pub fn spawn(
                 }
             }
             if cfg.driver == DriverKind::Uring {
-                return ring::run(cfg, store, commands, reports);
+                return ring::run(cfg, store, (commands, wake), reports);
             }
             let runtime =
                 match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {
@@ -147,10 +172,12 @@ pub fn spawn(
                     }
                 };
             runtime.block_on(uring::run(cfg, store, commands, reports))
-        })
+        })?;
+    Ok((thread, sender))
 }
 
-/// Whether this machine lets a process set up an io_uring instance.
+/// Whether this machine lets a process set up an io_uring instance: a small raw ring, as
+/// the default driver makes (tokio-uring's runtime needs the same syscall).
 pub fn io_uring_available() -> Result<(), std::io::Error> {
-    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+    io_uring::IoUring::new(8).map(drop)
 }

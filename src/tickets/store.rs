@@ -211,7 +211,7 @@ impl MemoryTickets {
         }
         let i = (device - self.base) as usize;
         if i >= self.dense.len() {
-            if i + 1 > limit {
+            if i >= limit {
                 return None;
             }
             // Exact growth with a little room: a ramp saves in near index order.

@@ -79,7 +79,6 @@ pub(super) struct Conn {
     /// Bytes of a frame still arriving; `None` between frames. Boxed: a frame split across
     /// reads is rare (a push larger than a receive buffer), and the idle session keeps 8
     /// bytes for it instead of a 32-byte `BytesMut`.
-    #[allow(clippy::box_collection)]
     pub(super) rx: Option<Box<BytesMut>>,
     /// Sink records of this connection not yet taken by the sink.
     pub(super) held: u32,

@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use crate::device::DeviceConfig;
 use crate::shard::{self, Command, Report, ShardConfig, ShardExit};
@@ -127,7 +127,7 @@ pub fn memory_stores(shards: usize) -> Vec<Box<dyn TicketStore>> {
 }
 
 struct ShardCtl {
-    commands: Sender<Command>,
+    commands: shard::ShardCommands,
     devices: std::ops::Range<u32>,
     thread: JoinHandle<ShardExit>,
 }
@@ -210,11 +210,10 @@ impl Fleet {
                     cfg.rate,
                 ),
             };
-            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-            let thread = shard::spawn(shard_cfg, store, cmd_rx, report_tx.clone())
+            let (thread, commands) = shard::spawn(shard_cfg, store, report_tx.clone())
                 .with_context(|| format!("spawning shard {id}"))?;
             shards.push(ShardCtl {
-                commands: cmd_tx,
+                commands,
                 devices: lo..hi,
                 thread,
             });

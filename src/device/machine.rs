@@ -8,7 +8,7 @@ use rand::RngCore;
 use super::state::{
     Down, ExpectConnect, ExpectFastConnectOk, ExpectHandshakeOk, Held, Online, Owed, State, Timer,
 };
-use super::{CloseReason, Delivery, Device, Event, Now, Shared};
+use super::{CloseReason, Delivery, Device, Event, Now, Shared, Tick};
 use crate::crypto::{mix_keys, AesCipher, KEY_LEN};
 use crate::proto::message::{ErrorCode, ServerMessage};
 use crate::proto::pipeline::open_body_into;
@@ -26,6 +26,26 @@ fn heartbeat_interval(heartbeat_ms: u32) -> u64 {
     } else {
         heartbeat_ms / 2
     })
+}
+
+/// Heartbeats and read checks sit on a grid of this many ms (at most an eighth of the
+/// heartbeat interval): a shard's sessions then send their heartbeats and check their reads in
+/// shared turns, one `io_uring_enter` for many, instead of one turn per distinct millisecond.
+/// Neither needs millisecond precision; request timeouts, backoffs and every latency sample
+/// stay exact.
+const HEARTBEAT_GRID_MS: u64 = 32;
+
+/// The grid step for a heartbeat of `heartbeat_ms`.
+fn heartbeat_grid(heartbeat_ms: u32) -> u64 {
+    HEARTBEAT_GRID_MS
+        .min(heartbeat_interval(heartbeat_ms) / 8)
+        .max(1)
+}
+
+/// `t` moved down onto the grid: at most `grid - 1` ms earlier, never later, so a deadline
+/// `after` a turn of at least `grid` ms stays later than that turn.
+fn on_grid(t: Tick, grid: u64) -> Tick {
+    Tick(t.0 - t.0 % grid)
 }
 
 impl Device {
@@ -173,6 +193,7 @@ impl Device {
             return;
         };
         let hb = u64::from(self.heartbeat_ms);
+        let grid = heartbeat_grid(self.heartbeat_ms);
         if self.timers.expired(Timer::ReadCheck, t) {
             // PROTOCOL.md 6.5: give up after two consecutive checks that found nothing read
             // for heartbeat + 1 s.
@@ -185,18 +206,22 @@ impl Device {
             } else {
                 o.missed_reads = 0;
             }
-            self.timers.set(Timer::ReadCheck, t.after(hb));
+            self.timers
+                .set(Timer::ReadCheck, on_grid(t.after(hb), grid));
         }
         if self.timers.expired(Timer::Heartbeat, t) {
             let interval = heartbeat_interval(self.heartbeat_ms);
-            if t.since(self.last_write) >= interval {
+            // Due on the grid: up to `grid - 1` ms before the interval is over.
+            if t.since(self.last_write) + grid > interval {
                 self.owed.set(Owed::HEARTBEAT);
                 self.last_write = t;
                 o.heartbeat_sent_us = now.us.max(1);
                 sh.stats.counters.heartbeats_sent += 1;
             }
-            self.timers
-                .set(Timer::Heartbeat, self.last_write.after(interval));
+            self.timers.set(
+                Timer::Heartbeat,
+                on_grid(self.last_write.after(interval), grid),
+            );
         }
     }
 
@@ -386,11 +411,14 @@ impl Device {
         self.heartbeat_ms = hb;
         self.reconnect_attempts = 0;
         self.timers.stop(Timer::Request);
-        self.timers
-            .set(Timer::ReadCheck, now.tick().after(u64::from(hb)));
+        let grid = heartbeat_grid(hb);
+        self.timers.set(
+            Timer::ReadCheck,
+            on_grid(now.tick().after(u64::from(hb)), grid),
+        );
         self.timers.set(
             Timer::Heartbeat,
-            self.last_write.after(heartbeat_interval(hb)),
+            on_grid(self.last_write.after(heartbeat_interval(hb)), grid),
         );
         sh.stats.counters.online += 1;
         if !std::mem::replace(&mut self.was_online, true) {

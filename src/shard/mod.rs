@@ -22,11 +22,11 @@ mod uring;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::device::DeviceConfig;
 use crate::stats::ShardStats;
@@ -128,6 +128,41 @@ pub struct UpstreamReply {
 /// Where a shard sends a control answer.
 pub type ControlReply = tokio::sync::oneshot::Sender<core::Answer>;
 
+/// How a shard's driver lets itself be woken for a command (the ring driver: its eventfd).
+type CommandWake = Arc<OnceLock<Arc<dyn Fn() + Send + Sync>>>;
+
+/// The control plane's end of a shard's command channel: a command also wakes the shard, so
+/// a driver that can be woken does not poll for commands.
+#[derive(Clone)]
+pub struct ShardCommands {
+    tx: Sender<Command>,
+    wake: CommandWake,
+}
+
+impl std::fmt::Debug for ShardCommands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCommands")
+            .field("queued", &self.tx.len())
+            .field("wakes", &self.wake.get().is_some())
+            .finish()
+    }
+}
+
+impl ShardCommands {
+    /// Sends `cmd` and wakes the shard.
+    ///
+    /// # Errors
+    ///
+    /// The command back when the shard has ended.
+    pub fn send(&self, cmd: Command) -> Result<(), crossbeam_channel::SendError<Command>> {
+        self.tx.send(cmd)?;
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        Ok(())
+    }
+}
+
 /// What a shard tells the control plane.
 #[derive(Debug)]
 pub enum Report {
@@ -161,7 +196,7 @@ pub struct ShardExit {
     pub error: Option<String>,
 }
 
-/// Starts a shard on its own thread.
+/// Starts a shard on its own thread; commands reach it through the returned sender.
 ///
 /// # Errors
 ///
@@ -169,10 +204,15 @@ pub struct ShardExit {
 pub fn spawn(
     cfg: ShardConfig,
     store: Box<dyn TicketStore>,
-    commands: Receiver<Command>,
     reports: Sender<Report>,
-) -> std::io::Result<JoinHandle<ShardExit>> {
-    std::thread::Builder::new()
+) -> std::io::Result<(JoinHandle<ShardExit>, ShardCommands)> {
+    let (tx, commands) = crossbeam_channel::unbounded();
+    let wake = CommandWake::default();
+    let sender = ShardCommands {
+        tx,
+        wake: wake.clone(),
+    };
+    let thread = std::thread::Builder::new()
         .name(format!("shard-{}", cfg.id))
         .spawn(move || {
             if let Some(core) = cfg.core {
@@ -181,7 +221,7 @@ pub fn spawn(
                 }
             }
             if cfg.driver == DriverKind::Uring {
-                return ring::run(cfg, store, commands, reports);
+                return ring::run(cfg, store, (commands, wake), reports);
             }
             let runtime =
                 match tokio_uring::Runtime::new(tokio_uring::builder().entries(cfg.ring_entries)) {
@@ -197,10 +237,12 @@ pub fn spawn(
                     }
                 };
             runtime.block_on(uring::run(cfg, store, commands, reports))
-        })
+        })?;
+    Ok((thread, sender))
 }
 
-/// Whether this machine lets a process set up an io_uring instance.
+/// Whether this machine lets a process set up an io_uring instance: a small raw ring, as
+/// the default driver makes (tokio-uring's runtime needs the same syscall).
 pub fn io_uring_available() -> Result<(), std::io::Error> {
-    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+    io_uring::IoUring::new(8).map(drop)
 }

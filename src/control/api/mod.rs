@@ -18,7 +18,6 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 
 use crate::device::{Identities, Identity, Template};
 use crate::shard::core::{Answer, DeviceState, Request};
@@ -90,7 +89,7 @@ pub struct ShardLink {
     /// The global indices it owns from the start.
     pub devices: Range<u32>,
     /// Its command channel.
-    pub commands: Sender<Command>,
+    pub commands: crate::shard::ShardCommands,
 }
 
 #[derive(Debug, Default)]

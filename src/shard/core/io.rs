@@ -76,8 +76,10 @@ impl TicketOp {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnId,
-    /// Bytes of a frame still arriving; empty (no allocation) between frames.
-    pub(super) rx: BytesMut,
+    /// Bytes of a frame still arriving; `None` between frames. Boxed: a frame split across
+    /// reads is rare (a push larger than a receive buffer), and the idle session keeps 8
+    /// bytes for it instead of a 32-byte `BytesMut`.
+    pub(super) rx: Option<Box<BytesMut>>,
     /// Sink records of this connection not yet taken by the sink.
     pub(super) held: u32,
     /// Reading is paused (backpressure or drain).
@@ -88,7 +90,7 @@ impl Conn {
     pub(super) fn new(id: ConnId) -> Self {
         Conn {
             id,
-            rx: BytesMut::new(),
+            rx: None,
             held: 0,
             paused: false,
         }

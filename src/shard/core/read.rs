@@ -20,12 +20,13 @@ impl ShardCore {
             return IDLE_READ;
         };
         // Decode straight from the driver's buffer unless a partial frame is waiting.
-        let mut rx = if c.rx.is_empty() {
-            std::mem::take(data)
-        } else {
-            c.rx.extend_from_slice(data);
-            data.clear();
-            std::mem::take(&mut c.rx)
+        let mut rx = match c.rx.take() {
+            None => std::mem::take(data),
+            Some(mut partial) => {
+                partial.extend_from_slice(data);
+                data.clear();
+                *partial
+            }
         };
         loop {
             match self.decoder.decode(&mut rx) {
@@ -60,7 +61,7 @@ impl ShardCore {
         let needed = self.decoder.bytes_needed(&rx).unwrap_or(0);
         let want = needed.saturating_sub(rx.len()).max(IDLE_READ);
         match self.current_conn(conn) {
-            Some(c) if !rx.is_empty() => c.rx = rx.split(),
+            Some(c) if !rx.is_empty() => c.rx = Some(Box::new(rx.split())),
             _ => {}
         }
         // Hand the (now empty) buffer back so the driver reads into it again.

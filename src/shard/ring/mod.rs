@@ -34,8 +34,6 @@ use crate::device::Now;
 use crate::stats::ShardStats;
 use crate::tickets::{Loaded, TicketStore};
 
-/// How often the loop looks at its command channel when nothing else wakes it.
-const COMMAND_POLL: Duration = Duration::from_millis(50);
 /// Receive buffers of the shard's pool, and their size. A frame larger than one buffer
 /// gathers in its connection's buffer in the core while it arrives.
 const RECV_BUFFERS: u16 = 512;
@@ -72,7 +70,7 @@ struct Driver {
 pub(super) fn run(
     cfg: ShardConfig,
     mut store: Box<dyn TicketStore>,
-    commands: Receiver<Command>,
+    (commands, command_wake): (Receiver<Command>, super::CommandWake),
     reports: Sender<Report>,
 ) -> ShardExit {
     let setup = Ring::new(cfg.ring_entries).and_then(|ring| {
@@ -96,6 +94,10 @@ pub(super) fn run(
     let waker = Arc::new(waker);
     let store_waker = waker.clone();
     store.attach(Arc::new(move || store_waker.wake()));
+    // A command wakes the ring too (set before the first look at the channel, so none is
+    // missed): the loop does not poll for them.
+    let command_waker = waker.clone();
+    let _ = command_wake.set(Arc::new(move || command_waker.wake()));
     let epoch = Instant::now();
     let core_cfg = CoreConfig {
         first_device: cfg.devices.start,
@@ -187,7 +189,7 @@ impl Driver {
                 self.report(reports);
                 next_report = Instant::now() + self.cfg.report_every;
             }
-            let mut wake = (Instant::now() + COMMAND_POLL).min(next_report);
+            let mut wake = next_report;
             if let Some(t) = self.core.poll_timeout() {
                 wake = wake.min(self.epoch + Duration::from_millis(t.0));
             }

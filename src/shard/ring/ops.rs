@@ -1,7 +1,7 @@
 //! The core's I/O started on the ring, and each completion taken back to the core.
 //!
-//! Buffer lifetimes: a send points into the `Bytes` held in its connection's `sending` until
-//! the completion; a connect points into its boxed `Connecting` until both its completions;
+//! Buffer lifetimes: a send points into the `Bytes` held for its connection in the shard's
+//! `Sends` until the completion; a connect points into its boxed `Connecting` until both its completions;
 //! a receive writes into the shard's buffer ring, which stays registered until the teardown
 //! has collected every completion. A connection is freed (its socket closed) only with no
 //! operation of it in flight (`Conns::release_if_idle`).
@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{opcode, squeue, types};
 
 use super::bufs::{BufRing, GROUP};
-use super::conn::{flag, socket_for, Conn, Connecting};
+use super::conn::{flag, socket_for, Conn, Connecting, Sends, NO_SEND};
 use super::sys::{parse, user_data, Cqe, Op, Ring};
 use super::Driver;
 use crate::device::Now;
@@ -73,16 +73,16 @@ impl Driver {
                 unsafe { self.ring.push_linked(&connect, &timeout) };
                 self.conns.insert(Conn::new(conn, sock, connecting));
             }
-            Io::Write { conn, data } => match self.conns.get(conn.slot, conn.gen) {
-                Some(c) if c.id == conn && c.fd().is_some() && !c.has(flag::ENDED) => {
-                    if c.sending.is_some() {
+            Io::Write { conn, data } => match self.conns.get_with_sends(conn.slot, conn.gen) {
+                Some((c, sends)) if c.id == conn && c.fd().is_some() && !c.has(flag::ENDED) => {
+                    if c.sending != NO_SEND {
                         c.queued
                             .get_or_insert_with(Default::default)
                             .push_back(data);
                     } else {
-                        c.sending = Some(data);
+                        c.sending = sends.hold(data);
                         c.sent = 0;
-                        send(&mut self.ring, c);
+                        send(&mut self.ring, c, sends);
                     }
                 }
                 // Gone or ended: the write is done, unsent.
@@ -94,7 +94,7 @@ impl Driver {
             Io::Shutdown(conn) => {
                 if let Some(c) = self.conns.get(conn.slot, conn.gen) {
                     c.set(flag::FORGOTTEN);
-                    if c.sending.is_some() {
+                    if c.sending != NO_SEND {
                         c.shut_after_writes = true;
                     } else {
                         c.shutdown();
@@ -142,14 +142,20 @@ impl Driver {
             exiting,
             ..
         } = self;
-        let Some(c) = conns.get(slot, gen) else {
+        let Some((c, sends)) = conns.get_with_sends(slot, gen) else {
             if let Some(bid) = cqe.buffer() {
                 bufs.recycle(bid);
             }
             return;
         };
         let id = c.id;
-        let outcome = conn_complete(c, op, cqe, ring, bufs, rx, *exiting);
+        let io = TurnIo {
+            ring,
+            bufs,
+            sends,
+            rx,
+        };
+        let outcome = conn_complete(c, op, cqe, io, *exiting);
         // A connection the core forgot hears nothing more, except how its writes ended.
         let reported = !c.has(flag::FORGOTTEN);
         match outcome {
@@ -226,16 +232,22 @@ fn wake_user_data() -> u64 {
     )
 }
 
+/// What a completion may touch besides its connection.
+struct TurnIo<'a> {
+    ring: &'a mut Ring,
+    bufs: &'a mut BufRing,
+    sends: &'a mut Sends,
+    rx: &'a mut BytesMut,
+}
+
 /// Updates connection `c` for a completion of its operation `op`.
-fn conn_complete(
-    c: &mut Conn,
-    op: Op,
-    cqe: Cqe,
-    ring: &mut Ring,
-    bufs: &mut BufRing,
-    rx: &mut BytesMut,
-    exiting: bool,
-) -> Outcome {
+fn conn_complete(c: &mut Conn, op: Op, cqe: Cqe, io: TurnIo<'_>, exiting: bool) -> Outcome {
+    let TurnIo {
+        ring,
+        bufs,
+        sends,
+        rx,
+    } = io;
     let r = cqe.result;
     match op {
         Op::Connect => {
@@ -294,17 +306,18 @@ fn conn_complete(
         }
         Op::Send => {
             c.clear(flag::SEND);
-            let len = c.sending.as_ref().map_or(0, Bytes::len) as u32;
+            let len = sends.get(c.sending).map_or(0, Bytes::len) as u32;
             if r > 0 && c.sent + (r as u32) < len {
                 c.sent += r as u32; // short write: send the rest
-                send(ring, c);
+                send(ring, c, sends);
                 return Outcome::Nothing;
             }
             if r > 0 || len == 0 {
-                c.sending = c.queued.as_mut().and_then(|q| q.pop_front());
+                sends.release(std::mem::replace(&mut c.sending, NO_SEND));
                 c.sent = 0;
-                if c.sending.is_some() {
-                    send(ring, c);
+                if let Some(next) = c.queued.as_mut().and_then(|q| q.pop_front()) {
+                    c.sending = sends.hold(next);
+                    send(ring, c, sends);
                 } else {
                     // Let a burst's queue go: an idle session keeps no write queue.
                     c.queued = None;
@@ -316,7 +329,7 @@ fn conn_complete(
             }
             // The write failed: so do the ones queued behind it.
             let failed = 1 + c.queued.as_ref().map_or(0, |q| q.len()) as u32;
-            c.sending = None;
+            sends.release(std::mem::replace(&mut c.sending, NO_SEND));
             c.queued = None;
             c.shutdown();
             Outcome::Written { ok: 0, failed }
@@ -340,9 +353,9 @@ fn arm_recv(ring: &mut Ring, c: &mut Conn, exiting: bool) {
     c.set(flag::RECV);
 }
 
-/// Sends the unsent rest of `c.sending`.
-fn send(ring: &mut Ring, c: &mut Conn) {
-    let (Some(fd), Some(data)) = (c.fd(), c.sending.as_ref()) else {
+/// Sends the unsent rest of `c`'s write in flight.
+fn send(ring: &mut Ring, c: &mut Conn, sends: &Sends) {
+    let (Some(fd), Some(data)) = (c.fd(), sends.get(c.sending)) else {
         return;
     };
     let rest = &data[c.sent as usize..];
@@ -350,9 +363,10 @@ fn send(ring: &mut Ring, c: &mut Conn) {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(c.id, Op::Send));
-    // SAFETY: `rest` points into the `Bytes` held in `c.sending`, which is neither dropped nor
-    // replaced until this send's completion (SEND is set until then), and a `Bytes`' heap data
-    // does not move when the `Conn` does; the socket stays open while SEND is set.
+    // SAFETY: `rest` points into the `Bytes` held in `sends` at `c.sending`, which is neither
+    // released nor replaced until this send's completion (SEND is set until then; a connection
+    // is freed, and its entry released, only with nothing in flight), and a `Bytes`' heap data
+    // does not move when the `Sends` vector grows; the socket stays open while SEND is set.
     unsafe { ring.push(&e) };
     c.set(flag::SEND);
 }

@@ -18,7 +18,6 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-
 use crate::device::{Identities, Identity, Template};
 use crate::shard::core::{Answer, DeviceState, Request};
 use crate::shard::Command;

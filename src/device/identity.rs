@@ -7,6 +7,7 @@
 //! connect, the bind, the sink record and the Redis ticket key.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{DeviceConfig, Template};
@@ -36,8 +37,20 @@ pub struct Identity {
 
 /// The fleet's identity table, shared by the control plane (which writes it) and the shards
 /// and ticket stores (which read it when they render an id). Cloning shares the table.
+///
+/// A template fleet (the load-test default) never takes the lock: the entry count is read
+/// first, and an empty table answers from that atomic alone, so shards rendering ids at
+/// connect, bind and delivery share no written cache line. A listed fleet reads under the
+/// lock (uncontended: only the control plane writes, on add and remove).
 #[derive(Clone, Default)]
-pub struct Identities(Arc<RwLock<HashMap<u32, Arc<Identity>>>>);
+pub struct Identities(Arc<Table>);
+
+#[derive(Default)]
+struct Table {
+    /// Entries in `map`, kept in step under its write lock.
+    count: AtomicUsize,
+    map: RwLock<HashMap<u32, Arc<Identity>>>,
+}
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,28 +61,31 @@ impl std::fmt::Debug for Identities {
 impl Identities {
     /// The entry of device `index`, if it has one.
     pub fn get(&self, index: u32) -> Option<Arc<Identity>> {
-        let table = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        if table.is_empty() {
+        if self.0.count.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let table = self.0.map.read().unwrap_or_else(PoisonError::into_inner);
         table.get(&index).cloned()
     }
 
     /// Gives device `index` this identity (replacing any).
     pub fn insert(&self, index: u32, identity: Identity) {
-        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.0.map.write().unwrap_or_else(PoisonError::into_inner);
         table.insert(index, Arc::new(identity));
+        self.0.count.store(table.len(), Ordering::Release);
     }
 
     /// Forgets device `index`.
     pub fn remove(&self, index: u32) -> Option<Arc<Identity>> {
-        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        table.remove(&index)
+        let mut table = self.0.map.write().unwrap_or_else(PoisonError::into_inner);
+        let gone = table.remove(&index);
+        self.0.count.store(table.len(), Ordering::Release);
+        gone
     }
 
     /// How many devices have an entry.
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.0.count.load(Ordering::Acquire)
     }
 
     /// Whether no device has an entry (a template fleet).

@@ -151,9 +151,13 @@ fn the_table_has_a_row_per_server() {
     // Both servers, in order, each with its connects and online devices; the online
     // column adds up to the fleet's (50 devices spread over both by round-robin).
     let mut online = 0;
-    for (i, addr) in [&sa, &sb].into_iter().enumerate() {
-        let cols: Vec<&str> = rows[header + 1 + i].split_whitespace().collect();
-        assert_eq!(cols[0], addr.as_str(), "{text}");
+    // The rows follow the header in the table's own order (by address), so find each.
+    for addr in [&sa, &sb] {
+        let row = rows[header + 1..header + 3]
+            .iter()
+            .find(|r| r.split_whitespace().next() == Some(addr.as_str()))
+            .unwrap_or_else(|| panic!("no row for {addr}: {text}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
         let n = |k: usize| cols[k].parse::<u64>().unwrap();
         assert!(n(1) > 0 && n(3) > 0, "{addr} took connects: {text}");
         assert_eq!(n(2), 0, "{text}");

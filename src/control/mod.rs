@@ -11,6 +11,7 @@
 //! - [`summary`]: the end-of-run table shown on a terminal.
 
 pub mod api;
+pub mod args;
 pub mod cli;
 pub mod devices_file;
 pub mod embedded;
@@ -19,6 +20,7 @@ pub mod merge;
 pub mod phases;
 pub mod push_load;
 pub mod report;
+mod setup;
 pub mod summary;
 pub mod supervisor;
 pub mod upstream;

@@ -34,9 +34,11 @@ fn check_args(args: &RunArgs) -> Result<(), UsageError> {
         }
     }
     phases::plan_of(args)?;
-    cli::fleet_config(args, Vec::new()).map_err(|e| match e.downcast::<UsageError>() {
-        Ok(u) => u,
-        Err(e) => UsageError(format!("{e:#}")),
+    crate::control::setup::fleet_config(args, Vec::new()).map_err(|e| {
+        match e.downcast::<UsageError>() {
+            Ok(u) => u,
+            Err(e) => UsageError(format!("{e:#}")),
+        }
     })?;
     if let Some(url) = &args.redis {
         RedisConfig::new(url.clone())

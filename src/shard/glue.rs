@@ -178,3 +178,30 @@ impl Replies {
         }
     }
 }
+
+/// The core's clock: microseconds since the shard's `epoch`, and the wall clock for tickets.
+pub(super) fn now(epoch: std::time::Instant) -> Now {
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Now {
+        us: epoch.elapsed().as_micros() as u64,
+        wall_ms,
+    }
+}
+
+/// Hands one control-plane command to the core (both drivers, the same way).
+pub(super) fn command(
+    core: &mut ShardCore,
+    control: &mut ControlReplies,
+    replies: &mut Replies,
+    now: Now,
+    cmd: super::Command,
+) {
+    match cmd {
+        super::Command::Stop => core.handle_stop(now),
+        super::Command::Servers(servers) => core.set_servers(servers),
+        super::Command::Control(request, reply) => control.request(core, now, request, reply),
+        super::Command::Upstream(cmd) => replies.start(core, now, cmd),
+    }
+}

@@ -20,7 +20,7 @@ mod store_rt;
 mod sys;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender};
@@ -29,6 +29,7 @@ use self::bufs::BufRing;
 use self::conn::Conns;
 use self::sys::{Cqe, Ring, Waker};
 use super::core::{CoreConfig, ShardCore, SinkToken};
+use super::glue::now;
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
 use crate::stats::ShardStats;
@@ -148,16 +149,6 @@ pub(super) fn run(
     }
 }
 
-fn now(epoch: Instant) -> Now {
-    let wall_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Now {
-        us: epoch.elapsed().as_micros() as u64,
-        wall_ms,
-    }
-}
-
 impl Driver {
     fn main_loop(&mut self, commands: &Receiver<Command>, reports: &Sender<Report>) {
         let mut next_report = Instant::now() + self.cfg.report_every;
@@ -165,14 +156,13 @@ impl Driver {
         loop {
             let now = now(self.epoch);
             while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Stop => self.core.handle_stop(now),
-                    Command::Servers(servers) => self.core.set_servers(servers),
-                    Command::Control(request, reply) => {
-                        self.control.request(&mut self.core, now, request, reply);
-                    }
-                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
-                }
+                super::glue::command(
+                    &mut self.core,
+                    &mut self.control,
+                    &mut self.replies,
+                    now,
+                    cmd,
+                );
             }
             self.ring.reap(&mut cqes);
             for cqe in cqes.drain(..) {

@@ -7,13 +7,14 @@ mod conn;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
 use self::conn::{Completion, ConnIo, Queue};
 use super::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken};
+use super::glue::now;
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
 use crate::tickets::{Loaded, TicketStore};
@@ -87,30 +88,19 @@ pub(super) async fn run(
     }
 }
 
-fn now(epoch: Instant) -> Now {
-    let wall_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Now {
-        us: epoch.elapsed().as_micros() as u64,
-        wall_ms,
-    }
-}
-
 impl Driver {
     async fn main_loop(&mut self, commands: &Receiver<Command>, reports: &Sender<Report>) {
         let mut next_report = Instant::now() + self.cfg.report_every;
         loop {
             let now = now(self.epoch);
             while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Stop => self.core.handle_stop(now),
-                    Command::Servers(servers) => self.core.set_servers(servers),
-                    Command::Control(request, reply) => {
-                        self.control.request(&mut self.core, now, request, reply);
-                    }
-                    Command::Upstream(cmd) => self.replies.start(&mut self.core, now, cmd),
-                }
+                super::glue::command(
+                    &mut self.core,
+                    &mut self.control,
+                    &mut self.replies,
+                    now,
+                    cmd,
+                );
             }
             self.feed(now);
             // The turn's input is in: now its timers.

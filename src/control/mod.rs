@@ -139,7 +139,10 @@ pub struct Fleet {
     cfg: FleetConfig,
     shards: Vec<ShardCtl>,
     reports: Receiver<Report>,
+    /// Each shard's latest counters, stages and servers (their latencies stay empty).
     latest: Vec<ShardStats>,
+    /// The whole fleet's histograms, from the samples every report brings.
+    latencies: crate::stats::Latencies,
     started: Instant,
     /// Probe receipts from the shards (`run --push-rate`), until taken.
     receipts: Vec<(Instant, Vec<crate::shard::core::PushReceipt>)>,
@@ -226,6 +229,7 @@ impl Fleet {
             shards,
             reports,
             latest,
+            latencies: Default::default(),
             started: Instant::now(),
             receipts: Vec::new(),
             receipts_dropped: 0,
@@ -269,7 +273,14 @@ impl Fleet {
 
     fn take(&mut self, r: Report) {
         match r {
-            Report::Stats { shard, stats } => self.latest[shard] = *stats,
+            Report::Stats {
+                shard,
+                stats,
+                samples,
+            } => {
+                self.latest[shard] = *stats;
+                self.latencies.record_all(&samples);
+            }
             Report::PushReceipts {
                 epoch,
                 receipts,
@@ -297,6 +308,8 @@ impl Fleet {
     pub fn stats(&self) -> ShardStats {
         let mut total = ShardStats::default();
         self.latest.iter().for_each(|s| total.merge(s));
+        // Shares the histograms until the next sample changes one.
+        total.latencies.merge(&self.latencies);
         total
     }
 

@@ -5,10 +5,33 @@ use std::os::fd::RawFd;
 
 use crossbeam_channel::Sender;
 
-use super::core::{Request, ShardCore, SinkToken};
+use super::core::{CoreConfig, Request, ShardCore, SinkToken};
 use super::{ControlReply, Report, ShardConfig};
 use crate::device::Now;
 use crate::sink::SinkRecord;
+
+/// The shard's core, as its config says, keeping latency samples for the reports.
+pub(super) fn core(cfg: &ShardConfig, now: Now) -> ShardCore {
+    let core_cfg = CoreConfig {
+        first_device: cfg.devices.start,
+        devices: cfg.devices.end.saturating_sub(cfg.devices.start),
+        rate_per_sec: cfg.rate_per_sec,
+        servers: cfg.servers.clone(),
+        sources: cfg.sources.clone(),
+        device: cfg.device.clone(),
+        seed: cfg
+            .seed
+            .map_or_else(rand::random, |seed| seed ^ cfg.id as u64),
+        sink: cfg.sink.is_some(),
+        drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
+        admission: cfg.admission,
+        plan: cfg.plan.clone(),
+        upstream: cfg.upstream.clone(),
+    };
+    let mut core = ShardCore::new(core_cfg, now);
+    core.keep_latency_samples();
+    core
+}
 
 /// Hands the core's waiting deliveries to the sink until it is full. A record's `on_taken`
 /// sends its token on `took` and calls `wake`, so the driver feeds it back to the core.
@@ -108,9 +131,11 @@ pub(super) fn report(
     epoch: std::time::Instant,
     reports: &Sender<Report>,
 ) {
+    let (stats, samples) = core.stats_report();
     let _ = reports.send(Report::Stats {
         shard,
-        stats: Box::new(core.stats().clone()),
+        stats: Box::new(stats),
+        samples,
     });
     let mut receipts = Vec::new();
     let dropped = core.take_push_receipts(&mut receipts);

@@ -166,12 +166,15 @@ impl ShardCommands {
 /// What a shard tells the control plane.
 #[derive(Debug)]
 pub enum Report {
-    /// The shard's statistics so far (cumulative).
+    /// The shard's statistics so far: counters cumulative, latencies as the samples since
+    /// the last report (a copy of every histogram would be megabytes a report).
     Stats {
         /// Shard number.
         shard: usize,
-        /// Counters and histograms since the shard started.
+        /// Counters, stages and servers since the shard started; its latencies are empty.
         stats: Box<ShardStats>,
+        /// The latencies recorded since the previous report.
+        samples: Vec<crate::stats::Sample>,
     },
     /// `run --push-rate`'s probe receipts since the last report, in the order noted.
     PushReceipts {

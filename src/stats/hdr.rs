@@ -13,7 +13,8 @@ use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
 
-use super::{Latencies, Latency, MAX_MICROS};
+use super::latencies::MAX_MICROS;
+use super::{Latencies, Latency};
 
 /// The V2 format's cookie (uncompressed, with the word-size bits every V2 writer sets),
 /// big-endian, at the start of every histogram.
@@ -163,12 +164,10 @@ impl Latencies {
             let h = decode(name, text)?;
             // Same bounds as ours (checked in decode): the addition cannot fail, but a
             // failure is still an error here, not a panic.
-            out.hists[which as usize]
-                .add(&h)
-                .map_err(|e| HdrError::Format {
-                    name: name.into(),
-                    why: format!("{e:?}"),
-                })?;
+            out.hist_mut(which).add(&h).map_err(|e| HdrError::Format {
+                name: name.into(),
+                why: format!("{e:?}"),
+            })?;
         }
         Ok(out)
     }

@@ -1,22 +1,26 @@
 //! Fleet statistics: plain per-shard counters and HDR latency histograms.
 //!
 //! Each shard owns one [`ShardStats`] and writes to it with plain adds: no atomics, no locks
-//! on the hot path. The control plane receives snapshots over a channel and merges them.
+//! on the hot path. The control plane receives a shard's counters and its latency samples
+//! since the last report over a channel, and merges them.
 //! Must not touch: sockets, device state. It renders text ([`prometheus`]); serving it is
 //! [`crate::http`]'s job.
 
 mod counters;
 pub mod hdr;
+mod latencies;
 pub mod prometheus;
 pub mod servers;
 
 pub use counters::{Counters, Field, Kind, Reading};
+pub use latencies::{Latencies, Sample};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// The latencies the fleet measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Latency {
     /// TCP connect.
     Connect,
@@ -78,55 +82,6 @@ impl Latency {
             Latency::DevicePushAck => "device_push_ack",
             Latency::HttpProxy => "http_proxy",
         }
-    }
-}
-
-/// One HDR histogram per [`Latency`], in microseconds.
-#[derive(Clone, Debug)]
-pub struct Latencies {
-    hists: Vec<Histogram<u64>>,
-}
-
-/// Highest latency recorded without saturating: one hour in microseconds.
-const MAX_MICROS: u64 = 3_600_000_000;
-
-impl Default for Latencies {
-    fn default() -> Self {
-        let hist = || {
-            // 3 significant digits over 1 us..1 h: the bounds are constants that
-            // hdrhistogram accepts, so this cannot fail.
-            Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
-        };
-        Self {
-            hists: Latency::ALL.iter().map(|_| hist()).collect(),
-        }
-    }
-}
-
-impl Latencies {
-    /// Records one sample in microseconds (clamped into the histogram's range).
-    pub fn record(&mut self, which: Latency, micros: u64) {
-        let h = &mut self.hists[which as usize];
-        // Clamped into range, so saturating_record never has to saturate.
-        h.saturating_record(micros.clamp(1, MAX_MICROS));
-    }
-
-    /// The histogram of one latency.
-    pub fn get(&self, which: Latency) -> &Histogram<u64> {
-        &self.hists[which as usize]
-    }
-
-    /// Adds `other` into `self`.
-    pub fn merge(&mut self, other: &Latencies) {
-        for (mine, theirs) in self.hists.iter_mut().zip(&other.hists) {
-            // Same bounds on both sides: add cannot fail.
-            mine.add(theirs).expect("histograms with equal bounds");
-        }
-    }
-
-    /// Empties every histogram.
-    pub fn clear(&mut self) {
-        self.hists.iter_mut().for_each(Histogram::reset);
     }
 }
 

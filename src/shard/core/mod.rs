@@ -221,6 +221,28 @@ impl ShardCore {
         &self.shared.stats
     }
 
+    /// From now on keep each latency sample for the next [`ShardCore::stats_report`]. A
+    /// driver that reports calls it before the first turn; a core nobody reports on (a
+    /// simulation) does not keep them.
+    pub fn keep_latency_samples(&mut self) {
+        self.shared.stats.latencies.keep_recent();
+    }
+
+    /// A report of the statistics: counters, stages and servers so far, and the latency
+    /// samples since the last report. Every report's samples together make this shard's
+    /// histograms (from [`ShardCore::keep_latency_samples`] on).
+    pub fn stats_report(&mut self) -> (ShardStats, Vec<crate::stats::Sample>) {
+        let st = &mut self.shared.stats;
+        let samples = st.latencies.take_recent();
+        let without = ShardStats {
+            counters: st.counters.clone(),
+            latencies: Default::default(),
+            stages: st.stages.clone(),
+            servers: st.servers.clone(),
+        };
+        (without, samples)
+    }
+
     /// The device in `slot` (tests, reports).
     pub fn device(&self, slot: u32) -> Option<&Device> {
         self.slots.get(slot as usize).map(|s| &s.device)

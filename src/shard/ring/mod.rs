@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use self::bufs::BufRing;
 use self::conn::Conns;
 use self::sys::{Cqe, Ring, Waker};
-use super::core::{CoreConfig, ShardCore, SinkToken};
+use super::core::{ShardCore, SinkToken};
 use super::glue::now;
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
@@ -100,25 +100,9 @@ pub(super) fn run(
     let command_waker = waker.clone();
     let _ = command_wake.set(Arc::new(move || command_waker.wake()));
     let epoch = Instant::now();
-    let core_cfg = CoreConfig {
-        first_device: cfg.devices.start,
-        devices: cfg.devices.end.saturating_sub(cfg.devices.start),
-        rate_per_sec: cfg.rate_per_sec,
-        servers: cfg.servers.clone(),
-        sources: cfg.sources.clone(),
-        device: cfg.device.clone(),
-        seed: cfg
-            .seed
-            .map_or_else(rand::random, |seed| seed ^ cfg.id as u64),
-        sink: cfg.sink.is_some(),
-        drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
-        admission: cfg.admission,
-        plan: cfg.plan.clone(),
-        upstream: cfg.upstream.clone(),
-    };
-    let slots = core_cfg.devices;
+    let slots = cfg.devices.end.saturating_sub(cfg.devices.start);
     let mut d = Driver {
-        core: ShardCore::new(core_cfg, now(epoch)),
+        core: super::glue::core(&cfg, now(epoch)),
         cfg,
         store,
         epoch,

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
 use self::conn::{Completion, ConnIo, Queue};
-use super::core::{ConnId, CoreConfig, Io, ShardCore, SinkToken};
+use super::core::{ConnId, Io, ShardCore, SinkToken};
 use super::glue::now;
 use super::{Command, Report, ShardConfig, ShardExit};
 use crate::device::Now;
@@ -48,24 +48,8 @@ pub(super) async fn run(
     let store_wake = wake.clone();
     store.attach(Arc::new(move || store_wake.notify_one()));
     let epoch = Instant::now();
-    let core_cfg = CoreConfig {
-        first_device: cfg.devices.start,
-        devices: cfg.devices.end.saturating_sub(cfg.devices.start),
-        rate_per_sec: cfg.rate_per_sec,
-        servers: cfg.servers.clone(),
-        sources: cfg.sources.clone(),
-        device: cfg.device.clone(),
-        seed: cfg
-            .seed
-            .map_or_else(rand::random, |seed| seed ^ cfg.id as u64),
-        sink: cfg.sink.is_some(),
-        drain_timeout_ms: cfg.drain_timeout.as_millis() as u64,
-        admission: cfg.admission,
-        plan: cfg.plan.clone(),
-        upstream: cfg.upstream.clone(),
-    };
     let mut d = Driver {
-        core: ShardCore::new(core_cfg, now(epoch)),
+        core: super::glue::core(&cfg, now(epoch)),
         cfg,
         store,
         epoch,

@@ -160,14 +160,18 @@ impl Collector for Snapshot {
 /// microsecond HDR histogram; samples above the last bound land only in `+Inf` via `count`.
 fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
     let mut out: Vec<(f64, u64)> = BUCKETS_SECS.iter().map(|&b| (b, 0)).collect();
+    // One pass over the counts (a scrape walks every histogram): the sum as HDR's mean
+    // takes it, each value at its bucket's median.
+    let mut sum_us = 0.0;
     for v in h.iter_recorded() {
-        let secs = h.highest_equivalent(v.value_iterated_to()) as f64 / 1e6;
+        let at = v.value_iterated_to();
+        let secs = h.highest_equivalent(at) as f64 / 1e6;
         if let Some(slot) = out.iter_mut().find(|(le, _)| secs <= *le) {
             slot.1 += v.count_at_value();
         }
+        sum_us += h.median_equivalent(at) as f64 * v.count_at_value() as f64;
     }
-    let count = h.len();
-    (h.mean() * count as f64 / 1e6, count, out)
+    (sum_us / 1e6, h.len(), out)
 }
 
 #[cfg(test)]

@@ -124,6 +124,15 @@ pub struct RunArgs {
     /// stacks default to (OkHttp's read timeout) and outlasts a loaded server's queue.
     #[arg(long, default_value_t = 10_000)]
     pub request_timeout: u32,
+    /// First reconnect delay ceiling, ms: a device whose connection ends waits a time uniform
+    /// in 0..ceiling before it reconnects, the ceiling doubling with each failed attempt up
+    /// to --backoff-cap (full jitter: a server's mass close spreads out instead of coming
+    /// back at once). 0 = reconnect at once (the retry budget still bounds the rate).
+    #[arg(long, default_value_t = 500)]
+    pub backoff: u32,
+    /// Highest reconnect delay ceiling, ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_cap: u32,
     /// Most devices of the fleet between connect and bound at once (the admission window;
     /// split over the shards); 0 = unlimited. Starts and reconnects wait for room.
     #[arg(long, default_value_t = 256)]
@@ -405,6 +414,30 @@ mod tests {
             "unknown keys are usage errors"
         );
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn reconnect_backoff_flags_reach_the_devices() {
+        let args = parsed(&[
+            "mpush-fleet",
+            "run",
+            "--backoff",
+            "50",
+            "--backoff-cap",
+            "200",
+        ]);
+        let cfg = super::super::setup::fleet_config(&args, Vec::new()).unwrap();
+        assert_eq!(
+            (cfg.device.backoff_base_ms, cfg.device.backoff_cap_ms),
+            (50, 200)
+        );
+        let args = parsed(&["mpush-fleet", "run"]);
+        let cfg = super::super::setup::fleet_config(&args, Vec::new()).unwrap();
+        let default = crate::device::DeviceConfig::default();
+        assert_eq!(
+            (cfg.device.backoff_base_ms, cfg.device.backoff_cap_ms),
+            (default.backoff_base_ms, default.backoff_cap_ms)
+        );
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub(crate) fn fleet_config(
         request_timeout_ms: args.request_timeout,
         connect_timeout_ms: args.connect_timeout,
         reconnect_on_kick: args.reconnect_on_kick,
+        backoff_base_ms: args.backoff,
+        backoff_cap_ms: args.backoff_cap,
         rsa,
         ..DeviceConfig::default()
     };

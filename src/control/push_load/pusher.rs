@@ -134,35 +134,28 @@ impl Pusher {
             stop: stop.clone(),
             sent_all: sent_all.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("pusher".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::anyhow!("pusher runtime: {e}")));
-                        return PusherExit::default();
-                    }
+        let no_runtime_tx = ready_tx.clone();
+        let thread = crate::tokio_thread::spawn(
+            "pusher",
+            move || async move {
+                let store = match &cfg.gateways {
+                    Gateways::Redis(url) => match RouteStore::connect(url).await {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.context("--push-rate routes in Redis")));
+                            return PusherExit::default();
+                        }
+                    },
+                    Gateways::Fixed(_) => None,
                 };
-                rt.block_on(async move {
-                    let store = match &cfg.gateways {
-                        Gateways::Redis(url) => match RouteStore::connect(url).await {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                let _ =
-                                    ready_tx.send(Err(e.context("--push-rate routes in Redis")));
-                                return PusherExit::default();
-                            }
-                        },
-                        Gateways::Fixed(_) => None,
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    Run::new(cfg, store, tx, flags).run().await
-                })
-            })?;
+                let _ = ready_tx.send(Ok(()));
+                Run::new(cfg, store, tx, flags).run().await
+            },
+            move |e| {
+                let _ = no_runtime_tx.send(Err(anyhow::anyhow!("pusher runtime: {e}")));
+                PusherExit::default()
+            },
+        )?;
         ready
             .recv()
             .map_err(|_| anyhow::anyhow!("the pusher ended at start"))??;

@@ -376,6 +376,8 @@ impl TicketStore for RedisTickets {
 
 #[cfg(test)]
 mod tests {
+    use fred::prelude::Value;
+
     use super::*;
     use crate::crypto::AesCipher;
     use crate::tickets::format::CLIENT_TICKET_PREFIX;
@@ -399,6 +401,21 @@ mod tests {
             ticket_ttl_ms(&ticket(i64::MAX), 0, Duration::MAX),
             Some(i64::MAX)
         );
+    }
+
+    #[test]
+    fn replies_decode_without_panics() {
+        let good = ticket(5).to_json();
+        assert_eq!(decode(Value::Null), Ok(None));
+        assert_eq!(decode(Value::from(good.as_str())), Ok(Some(ticket(5))));
+        assert_eq!(
+            decode(Value::Bytes(good.clone().into_bytes().into())),
+            Ok(Some(ticket(5)))
+        );
+        assert!(decode(Value::Bytes(vec![0xff, 0xfe].into())).is_err());
+        assert!(decode(Value::Integer(3)).is_err());
+        assert!(decode(Value::from("{\"expireTime\":1}")).is_err());
+        assert!(decode(Value::from(good.replacen("|1|", "|300|", 1).as_str())).is_err());
     }
 
     fn open_store(url: &str) -> Result<RedisTickets, BadRedisUrl> {

@@ -111,32 +111,3 @@ pub(super) async fn run_pipeline(
         wake();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crypto::AesCipher;
-
-    fn ticket(expire_time_ms: i64) -> ClientTicket {
-        ClientTicket {
-            session_id: "s".into(),
-            expire_time_ms,
-            cipher: AesCipher::new([1; 16], [2; 16]),
-        }
-    }
-
-    #[test]
-    fn replies_decode_without_panics() {
-        let good = ticket(5).to_json();
-        assert_eq!(decode(Value::Null), Ok(None));
-        assert_eq!(decode(Value::from(good.as_str())), Ok(Some(ticket(5))));
-        assert_eq!(
-            decode(Value::Bytes(good.clone().into_bytes().into())),
-            Ok(Some(ticket(5)))
-        );
-        assert!(decode(Value::Bytes(vec![0xff, 0xfe].into())).is_err());
-        assert!(decode(Value::Integer(3)).is_err());
-        assert!(decode(Value::from("{\"expireTime\":1}")).is_err());
-        assert!(decode(Value::from(good.replacen("|1|", "|300|", 1).as_str())).is_err());
-    }
-}

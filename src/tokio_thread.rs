@@ -1,8 +1,8 @@
 //! A named thread that runs one future on a current-thread tokio runtime of its own.
 //!
-//! The control plane's tokio sides (discovery, the `--push-rate` pusher) and the ring
-//! driver's shared ticket-store runtime each need tokio without putting a runtime on a shard
-//! or on the control plane's own thread, so each gets a thread like this. Each caller names
+//! The control plane's tokio sides (discovery, the `--push-rate` pusher), the remote sinks'
+//! thread and the ring driver's shared ticket-store runtime each need tokio without putting a
+//! runtime on a shard or on the control plane's own thread, so each gets a thread like this. Each caller names
 //! its thread and says what happens when the runtime cannot be built (its own error
 //! message, sent where its starter waits for it); that is why the failure is a closure of
 //! the caller's, not an error returned here after the thread is already running.

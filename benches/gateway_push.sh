@@ -22,32 +22,15 @@ SECS=${SECS:-20}
 P99_MS=${P99_MS:-200}
 CONNS=${CONNS:-4}
 OUT=${OUT:-target/gateway-push}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet
-  BIN=target/release/mpush-fleet
-fi
-rm -rf "$OUT"; mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)"
-
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
+. benches/common.sh
 
 # The kernel picks the ports; the start lines name them.
 "$BIN" serve --listen 127.0.0.1:0 --gateway 127.0.0.1:0 --admin 127.0.0.1:0 --status-every 60 \
   >"$OUT/serve.log" 2>&1 &
 pids+=($!)
-line() { # waits (10 s at most) for a start line, prints its last word
-  for _ in $(seq 100); do
-    v=$(grep -m1 "$1" "$OUT/serve.log" | awk '{print $NF}') && [ -n "$v" ] && { echo "$v"; return; }
-    sleep 0.1
-  done
-  echo "serve did not print '$1'" >&2; exit 1
-}
-SERVER=$(line "listening on")
-GATEWAY=$(line "gateway on")
-ADMIN=$(line "admin API on"); ADMIN=${ADMIN#http://}
+SERVER=$(start_line "$OUT/serve.log" "listening on")
+GATEWAY=$(start_line "$OUT/serve.log" "gateway on")
+ADMIN=$(start_line "$OUT/serve.log" "admin API on"); ADMIN=${ADMIN#http://}
 
 "$BIN" run --server "$SERVER" --devices "$DEVICES" --rate 2000 --sink file:/dev/null \
   --status-every 10 >"$OUT/run.log" 2>&1 &

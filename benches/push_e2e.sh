@@ -21,13 +21,7 @@ SECS=${SECS:-20}
 P99_MS=${P99_MS:-200}
 CONNS=${CONNS:-4}
 OUT=${OUT:-target/push-e2e}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet
-  BIN=target/release/mpush-fleet
-fi
-rm -rf "$OUT"; mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)"
+. benches/common.sh
 COUNT=$((RATE * SECS))
 
 fail=0

@@ -20,17 +20,7 @@ HTTP_RATE=${HTTP_RATE:-200}
 SECS=${SECS:-30}
 P99_MS=${P99_MS:-200}
 OUT=${OUT:-target/upstream-bench}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet
-  BIN=target/release/mpush-fleet
-fi
-rm -rf "$OUT"; mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)"
-
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
+. benches/common.sh
 
 python3 - "$OUT/backend.port" <<'PY' &
 import http.server, sys
@@ -52,13 +42,9 @@ pids+=($!)
 "$BIN" serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --http-proxy-enabled --status-every 60 \
   >"$OUT/serve.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  [ -s "$OUT/backend.port" ] && grep -q "listening on" "$OUT/serve.log" && break
-  sleep 0.1
-done
-SERVER=$(grep -m1 "listening on" "$OUT/serve.log" | awk '{print $NF}')
+SERVER=$(start_line "$OUT/serve.log" "listening on")
+wait_for "$OUT/backend.port"
 BACKEND=127.0.0.1:$(cat "$OUT/backend.port")
-[ -n "$SERVER" ] || { echo "serve did not start"; exit 1; }
 
 echo "== $DEVICES devices, $PUSH_RATE device pushes/s (auto), $HTTP_RATE HTTP_PROXY/s, ${SECS}s"
 "$BIN" run --server "$SERVER" --devices "$DEVICES" --rate 2000 --duration "${SECS}s" \

@@ -63,3 +63,4 @@ pub mod sink;
 pub mod stages;
 pub mod stats;
 pub mod tickets;
+mod tokio_thread;

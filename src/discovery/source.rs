@@ -112,32 +112,25 @@ impl ServerSource {
         }
         let (stop, stop_rx) = oneshot::channel();
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("discovery".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = first_tx.send(Err(format!("discovery runtime: {e}")));
-                        return;
+        let no_runtime_tx = first_tx.clone();
+        let thread = crate::tokio_thread::spawn(
+            "discovery",
+            move || async move {
+                match spec {
+                    Spec::Static(endpoints) => {
+                        let _ = first_tx.send(Ok(()));
+                        static_loop(endpoints, resolved, &thread_shared, stop_rx).await;
                     }
-                };
-                rt.block_on(async move {
-                    match spec {
-                        Spec::Static(endpoints) => {
-                            let _ = first_tx.send(Ok(()));
-                            static_loop(endpoints, resolved, &thread_shared, stop_rx).await;
-                        }
-                        Spec::ZooKeeper { cfg, public } => {
-                            zk_loop(cfg, public, &thread_shared, first_tx, stop_rx).await;
-                        }
+                    Spec::ZooKeeper { cfg, public } => {
+                        zk_loop(cfg, public, &thread_shared, first_tx, stop_rx).await;
                     }
-                });
-            })
-            .map_err(|e| StartError::Discovery(format!("spawning discovery: {e}")))?;
+                }
+            },
+            move |e| {
+                let _ = no_runtime_tx.send(Err(format!("discovery runtime: {e}")));
+            },
+        )
+        .map_err(|e| StartError::Discovery(format!("spawning discovery: {e}")))?;
         let mut source = ServerSource {
             shared,
             seen: 0,

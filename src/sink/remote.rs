@@ -49,31 +49,25 @@ where
     Fut: Future<Output = anyhow::Result<D>> + 'static,
 {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
-    let thread = std::thread::Builder::new()
-        .name("sink".into())
-        .spawn(move || -> u64 {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+    let no_runtime_tx = ready_tx.clone();
+    let thread = crate::tokio_thread::spawn(
+        "sink",
+        move || async move {
+            let down = match connect().await {
+                Ok(d) => d,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e.into()));
+                    let _ = ready_tx.send(Err(e));
                     return 0;
                 }
             };
-            rt.block_on(async move {
-                let down = match connect().await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return 0;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                run(&down, sh, inflight.max(1)).await
-            })
-        })?;
+            let _ = ready_tx.send(Ok(()));
+            run(&down, sh, inflight.max(1)).await
+        },
+        move |e| -> u64 {
+            let _ = no_runtime_tx.send(Err(e.into()));
+            0
+        },
+    )?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(thread),
         Ok(Err(e)) => {

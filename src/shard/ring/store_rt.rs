@@ -23,23 +23,18 @@ pub(super) fn handle() -> Option<&'static Handle> {
 
 fn start() -> Option<Handle> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("ticket-store".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the ticket-store runtime could not start");
-                    let _ = tx.send(None);
-                    return;
-                }
-            };
-            let _ = tx.send(Some(rt.handle().clone()));
-            rt.block_on(std::future::pending::<()>());
-        });
+    let no_runtime_tx = tx.clone();
+    let spawned = crate::tokio_thread::spawn(
+        "ticket-store",
+        move || async move {
+            let _ = tx.send(Some(Handle::current()));
+            std::future::pending::<()>().await;
+        },
+        move |e| {
+            tracing::warn!(error = %e, "the ticket-store runtime could not start");
+            let _ = no_runtime_tx.send(None);
+        },
+    );
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "the ticket-store thread could not start");
         return None;

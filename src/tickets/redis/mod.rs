@@ -20,6 +20,16 @@
 //!
 //! Writes are `SET key value PX ttl`, one atomic command (the seed's SET then EXPIRE leaves a
 //! ticket without a TTL if the second command is lost).
+//!
+//! Here: the store itself and its [`TicketStore`] side. Beside it: `config` (how to reach
+//! Redis, shared with the session store and the route lookup), `pipeline` (the requests on
+//! the wire and a reply read as a ticket), `health` (the fleet-wide outage log).
+
+mod config;
+mod health;
+mod pipeline;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,154 +37,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use fred::prelude::{
-    Builder, ClientLike, Config, Error as FredError, ErrorKind, EventInterface, Expiration,
-    KeysInterface, ReconnectPolicy, Value,
-};
-use fred::types::config::TcpConfig;
+use fred::prelude::{ClientLike, Config, Error as FredError, ErrorKind, EventInterface};
 
-use super::format::{ClientTicket, CLIENT_TICKET_PREFIX};
+pub use self::config::{BadRedisUrl, RedisConfig, DEFAULT_TICKET_TTL};
+use self::health::{is_outage, Health};
+use self::pipeline::{decode, run_pipeline, Op, Reply, What};
+use super::format::ClientTicket;
 use super::store::{Loaded, StoreCounters, TicketStore, Wake};
 use crate::device::{Identities, Template};
 
 /// The most commands in one pipeline: one socket write of a few hundred KiB at most, so one
 /// big turn does not hold up the next turn's requests behind it.
 pub const MAX_PIPELINE: usize = 512;
-
-/// The seed client's ticket lifetime (its `SET` then `EXPIRE 300`).
-pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
-
-/// A Redis URL that fred does not accept. Holds fred's reason, never the URL, which may carry
-/// a password.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad Redis URL: {0}")]
-pub struct BadRedisUrl(pub String);
-
-/// How to reach Redis and how to use it. Cheap to clone; nothing connects until a store runs
-/// inside a runtime.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// `redis://[user:pass@]HOST:PORT/DB`, `redis-cluster://HOST:PORT?node=HOST:PORT&...`,
-    /// or `redis-sentinel://HOST:PORT/DB?sentinelServiceName=NAME&node=HOST:PORT&...`
-    /// (fred's `Config::from_url`).
-    pub url: String,
-    /// Key prefix of tickets ([`CLIENT_TICKET_PREFIX`], `mp:fcd:`, by default).
-    pub prefix: String,
-    /// Longest a ticket lives; never beyond its own expireTime. Default 300 s, the seed's.
-    pub ticket_ttl: Duration,
-    /// Most commands unanswered at once, per store (per shard).
-    pub max_in_flight: usize,
-    /// A command unanswered this long fails (a slow Redis), and so does a connection attempt.
-    pub command_timeout: Duration,
-    /// How long a new store holds its first requests while its first connection comes up, so
-    /// that a restarted fleet is not sent to handshake by a connection still being opened.
-    /// A connection error ends the wait early.
-    pub connect_grace: Duration,
-}
-
-impl RedisConfig {
-    /// The defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
-            url: url.into(),
-            prefix: CLIENT_TICKET_PREFIX.to_owned(),
-            ticket_ttl: DEFAULT_TICKET_TTL,
-            max_in_flight: 4096,
-            command_timeout: Duration::from_secs(1),
-            connect_grace: Duration::from_secs(3),
-        }
-    }
-
-    /// fred's configuration for our URL.
-    ///
-    /// # Errors
-    /// [`BadRedisUrl`] when fred cannot parse it.
-    pub fn fred_config(&self) -> Result<Config, BadRedisUrl> {
-        let mut config = Config::from_url(&self.url).map_err(|e| BadRedisUrl(e.to_string()))?;
-        // Redis down at start must not be fatal: keep retrying in the background.
-        config.fail_fast = false;
-        Ok(config)
-    }
-
-    /// A fred client for this configuration, not yet connected.
-    pub(crate) fn build_client(&self, config: Config) -> Result<fred::prelude::Client, FredError> {
-        let timeout = self.command_timeout;
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                // A command lost with its connection fails now (a load answers `None`, the
-                // device handshakes) instead of being replayed after a reconnect.
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            // Unlimited attempts, 100 ms doubling to 2 s: back soon after Redis is, without
-            // hammering it while it is down.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-        builder.build()
-    }
-}
-
-/// Whether Redis is reachable, shared by the stores of one fleet so that an outage is logged
-/// once, not once per shard or per device.
-#[derive(Debug, Default)]
-struct Health {
-    down: AtomicBool,
-}
-
-impl Health {
-    fn failed(&self, error: &FredError) {
-        if !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                error = %error,
-                "Redis ticket store unreachable: devices handshake and tickets are not saved \
-                 until it is back"
-            );
-        }
-    }
-
-    fn answered(&self) {
-        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!("Redis ticket store reachable again: tickets load and save again");
-        }
-    }
-}
-
-/// A request waiting to be sent.
-#[derive(Debug)]
-enum Op {
-    Load {
-        device: u32,
-        key: String,
-    },
-    Save {
-        key: String,
-        value: String,
-        ttl_ms: i64,
-    },
-    Delete {
-        key: String,
-    },
-}
-
-/// What a reply answers.
-#[derive(Debug, Clone, Copy)]
-enum What {
-    Load(u32),
-    Save,
-    Delete,
-}
-
-#[derive(Debug)]
-struct Reply {
-    what: What,
-    result: Result<Value, FredError>,
-}
 
 /// One fred client in the runtime the store runs in.
 struct Conn {
@@ -395,47 +269,6 @@ impl RedisTickets {
     }
 }
 
-/// A `GET` reply as a ticket: `Ok(None)` when absent.
-fn decode(value: Value) -> Result<Option<ClientTicket>, &'static str> {
-    let text = match &value {
-        Value::Null => return Ok(None),
-        Value::String(s) => &**s,
-        Value::Bytes(b) => std::str::from_utf8(b).map_err(|_| "not UTF-8")?,
-        _ => return Err("not a string value"),
-    };
-    ClientTicket::from_json(text)
-        .map(Some)
-        .map_err(|e| match e {
-            super::format::TicketFormatError::Json => "not JSON",
-            super::format::TicketFormatError::NotAnObject => "not a JSON object",
-            super::format::TicketFormatError::MissingField(_) => "a field is missing",
-            super::format::TicketFormatError::NotAString(_) => "a field is not a string",
-            super::format::TicketFormatError::BadExpireTime => "bad expireTime",
-            super::format::TicketFormatError::BadCipher(_) => "bad cipherStr",
-            super::format::TicketFormatError::FieldCount(_) => "bad field count",
-        })
-}
-
-/// Whether an error means Redis is unreachable or too slow (an outage to log), rather than a
-/// refusal of one command (a key of another type, say).
-fn is_outage(error: &FredError) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::IO
-            | ErrorKind::Canceled
-            | ErrorKind::Timeout
-            | ErrorKind::Backpressure
-            | ErrorKind::Routing
-            | ErrorKind::Cluster
-            | ErrorKind::Sentinel
-            | ErrorKind::Auth
-            | ErrorKind::Config
-            | ErrorKind::Url
-            | ErrorKind::Protocol
-            | ErrorKind::Unknown
-    )
-}
-
 /// How long a ticket may live in Redis: the configured TTL, cut to the ticket's own expiry;
 /// `None` when it has expired already.
 pub fn ticket_ttl_ms(ticket: &ClientTicket, wall_ms: i64, max: Duration) -> Option<i64> {
@@ -443,58 +276,6 @@ pub fn ticket_ttl_ms(ticket: &ClientTicket, wall_ms: i64, max: Duration) -> Opti
     let left = ticket.expire_time_ms.saturating_sub(wall_ms);
     let ttl = max.min(left);
     (ttl > 0).then_some(ttl)
-}
-
-/// Sends one pipeline and hands its replies back to the store.
-async fn run_pipeline(
-    client: fred::prelude::Client,
-    ops: Vec<Op>,
-    tx: Sender<Vec<Reply>>,
-    wake: Wake,
-) {
-    let pipe = client.pipeline();
-    let mut sent = Vec::with_capacity(ops.len());
-    let mut replies = Vec::with_capacity(ops.len());
-    for op in ops {
-        // Queuing only copies into the pipeline's buffer; an error here is a bad argument.
-        let (what, queued): (What, Result<(), FredError>) = match op {
-            Op::Load { device, key } => (What::Load(device), pipe.get(key).await),
-            Op::Save { key, value, ttl_ms } => (
-                What::Save,
-                pipe.set(key, value, Some(Expiration::PX(ttl_ms)), None, false)
-                    .await,
-            ),
-            Op::Delete { key } => (What::Delete, pipe.del(key).await),
-        };
-        match queued {
-            Ok(()) => sent.push(what),
-            Err(error) => replies.push(Reply {
-                what,
-                result: Err(error),
-            }),
-        }
-    }
-    let results: Vec<Result<Value, FredError>> = pipe.try_all().await;
-    if results.len() == sent.len() {
-        replies.extend(
-            sent.into_iter()
-                .zip(results)
-                .map(|(what, result)| Reply { what, result }),
-        );
-    } else {
-        // The pipeline failed as a whole (timeout, connection lost): one error for all.
-        let error = results
-            .into_iter()
-            .find_map(Result::err)
-            .unwrap_or_else(|| FredError::new(ErrorKind::Protocol, "pipeline reply count"));
-        replies.extend(sent.into_iter().map(|what| Reply {
-            what,
-            result: Err(error.clone()),
-        }));
-    }
-    if tx.send(replies).is_ok() {
-        wake();
-    }
 }
 
 impl TicketStore for RedisTickets {
@@ -592,75 +373,5 @@ impl TicketStore for RedisTickets {
 
     fn take_counters(&mut self) -> StoreCounters {
         std::mem::take(&mut self.counters)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crypto::AesCipher;
-
-    fn ticket(expire_time_ms: i64) -> ClientTicket {
-        ClientTicket {
-            session_id: "s".into(),
-            expire_time_ms,
-            cipher: AesCipher::new([1; 16], [2; 16]),
-        }
-    }
-
-    #[test]
-    fn ttl_never_outlives_the_ticket() {
-        let max = Duration::from_secs(300);
-        assert_eq!(ticket_ttl_ms(&ticket(1_000_000), 0, max), Some(300_000));
-        assert_eq!(ticket_ttl_ms(&ticket(10_000), 2_000, max), Some(8_000));
-        assert_eq!(ticket_ttl_ms(&ticket(2_000), 2_000, max), None);
-        assert_eq!(ticket_ttl_ms(&ticket(i64::MIN), i64::MAX, max), None);
-        assert_eq!(
-            ticket_ttl_ms(&ticket(i64::MAX), 0, Duration::MAX),
-            Some(i64::MAX)
-        );
-    }
-
-    #[test]
-    fn replies_decode_without_panics() {
-        let good = ticket(5).to_json();
-        assert_eq!(decode(Value::Null), Ok(None));
-        assert_eq!(decode(Value::from(good.as_str())), Ok(Some(ticket(5))));
-        assert_eq!(
-            decode(Value::Bytes(good.clone().into_bytes().into())),
-            Ok(Some(ticket(5)))
-        );
-        assert!(decode(Value::Bytes(vec![0xff, 0xfe].into())).is_err());
-        assert!(decode(Value::Integer(3)).is_err());
-        assert!(decode(Value::from("{\"expireTime\":1}")).is_err());
-        assert!(decode(Value::from(good.replacen("|1|", "|300|", 1).as_str())).is_err());
-    }
-
-    fn open_store(url: &str) -> Result<RedisTickets, BadRedisUrl> {
-        RedisTickets::new(RedisConfig::new(url), Template::new("d-{i}"))
-    }
-
-    #[test]
-    fn keys_are_rendered_from_the_index_at_the_edge() {
-        let mut store = open_store("redis://127.0.0.1:1/0").unwrap();
-        assert_eq!(store.key(7), "mp:fcd:d-7");
-        assert_eq!(store.key(u32::MAX), format!("mp:fcd:d-{}", u32::MAX));
-        assert_eq!(
-            store.key(12),
-            crate::tickets::format::client_ticket_key(CLIENT_TICKET_PREFIX, "d-12")
-        );
-    }
-
-    #[test]
-    fn urls_parse_without_connecting() {
-        let store = open_store("redis://127.0.0.1:1/0");
-        assert!(store.is_ok());
-        assert!(open_store("redis-cluster://127.0.0.1:7000").is_ok());
-        assert!(
-            open_store("redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=mymaster").is_ok()
-        );
-        let bad = open_store("redis://user:secret@host:99999999/0").unwrap_err();
-        assert!(!bad.to_string().contains("secret"), "{bad}");
-        assert!(open_store("not a url").is_err());
     }
 }

@@ -1,5 +1,5 @@
 # The preamble shared by the bench scripts that start their own `serve` / `run` processes on
-# loopback (upstream.sh, push_e2e.sh, gateway_push.sh), so each script holds only its
+# loopback (upstream.sh, push_e2e.sh, gateway_push.sh, ramp_cpu.sh, storm.sh), so each script holds only its
 # scenario and its targets. Source it from the repository root once the script has set OUT:
 #
 #   cd "$(dirname "$0")/.."
@@ -38,4 +38,15 @@ wait_for() {
 start_line() {
   wait_for "$1" "$2" || return 1
   grep -m1 -- "$2" "$1" | awk '{print $NF}'
+}
+
+# free_port: a loopback port the kernel has just handed out (and taken back).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# metric PORT NAME: the value of mpush_fleet_NAME (or NAME_total) on a `--metrics` endpoint.
+metric() {
+  curl -s "http://127.0.0.1:$1/metrics" |
+    awk -v m="mpush_fleet_$2" '$1==m || $1==m"_total" {print $2}' | head -n 1
 }

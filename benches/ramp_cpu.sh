@@ -2,7 +2,7 @@
 # Fleet CPU per handshake over one ramp, and the shard threads' context switches: the
 # figure of benches/drivers.sh alone, for comparing builds or drivers quickly (issue 11).
 #
-#   cargo build --release && bash benches/ramp_cpu.sh
+#   bash benches/ramp_cpu.sh
 #   BIN=/path/to/other/mpush-fleet DRIVER=tokio-uring bash benches/ramp_cpu.sh
 #   DRIVER=none BIN=/path/to/main-before/mpush-fleet bash benches/ramp_cpu.sh  # no --driver
 #   PERF=1 bash benches/ramp_cpu.sh      # also `perf record -g` of the fleet, into OUT
@@ -13,22 +13,17 @@
 # itself a few percent of the figure). Target (issue 11): <= 50 us; exits 1 when missed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/mpush-fleet}
 DRIVER=${DRIVER:-uring}
 N=${N:-15000}
 RATE=${RATE:-1000}
 POLL=${POLL:-0.25}
 OUT=${OUT:-$(mktemp -d)}
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="mpush_fleet_$2" '$1==m || $1==m"_total" {print $2}' | head -n 1; }
+. benches/common.sh
 
 port=$(free_port); admin=$(free_port); mport=$(free_port)
 "$BIN" serve --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" --quiet >"$OUT/serve.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do grep -q listening "$OUT/serve.log" && break; sleep 0.1; done
+wait_for "$OUT/serve.log" listening
 driver_flag=(--driver "$DRIVER"); [ "$DRIVER" = none ] && driver_flag=()
 "$BIN" run "${driver_flag[@]}" --server "127.0.0.1:$port" --devices "$N" --rate "$RATE" \
   --source 127.0.9.1 --no-pin --metrics "127.0.0.1:$mport" --status-every 60 >"$OUT/run.log" 2>&1 &

@@ -3,7 +3,7 @@
 # are back and the fleet's and the server's CPU per fast connect (issue 11; the drivers
 # bench's storm row, with the reconnect backoff as a knob).
 #
-#   cargo build --release && bash benches/storm.sh
+#   bash benches/storm.sh
 #   DRIVER=tokio-uring BACKOFF=50 bash benches/storm.sh
 #   DRIVER=none BIN=/path/to/main-before/mpush-fleet bash benches/storm.sh   # no --driver
 #
@@ -13,15 +13,10 @@
 # by itself. Prints the figures; exits 1 if the fleet did not come back within 120 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/mpush-fleet}
 DRIVER=${DRIVER:-uring}
 N=${N:-15000}
 OUT=${OUT:-$(mktemp -d)}
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="mpush_fleet_$2" '$1==m || $1==m"_total" {print $2}' | head -n 1; }
+. benches/common.sh
 wait_metric() { # PORT NAME VALUE EVERY_S
   local deadline=$((SECONDS + 120)) v
   until v=$(metric "$1" "$2"); [ "${v%.*}" -ge "$3" ] 2>/dev/null; do
@@ -34,7 +29,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 port=$(free_port); admin=$(free_port); mport=$(free_port)
 "$BIN" serve --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" --quiet >"$OUT/serve.log" 2>&1 &
 spid=$!; pids+=("$spid")
-for _ in $(seq 100); do grep -q listening "$OUT/serve.log" && break; sleep 0.1; done
+wait_for "$OUT/serve.log" listening
 flags=(--driver "$DRIVER"); [ "$DRIVER" = none ] && flags=()
 [ -n "${BACKOFF:-}" ] && flags+=(--backoff "$BACKOFF")
 # EXTRA: more `run` flags, e.g. EXTRA="--max-pending 0" (no admission window).

@@ -13,6 +13,7 @@ use mpush_fleet::device::{DeviceConfig, Template};
 use mpush_fleet::server::{
     AckMode, PushTarget, Server, ServerConfig, ServerHandle, ServerStats, SessionConfig,
 };
+use mpush_fleet::stats::Latency;
 use mpush_fleet::tickets::{Loaded, TicketStore};
 
 /// Fleet tests open thousands of sockets each: run them one at a time so that together they
@@ -105,6 +106,21 @@ fn two_thousand_devices_handshake_bind_then_return_by_fast_connect() {
         (s.handshakes, s.fast_connects, s.binds, s.connections),
         (2_000, 0, 2_000, 2_000)
     );
+    // The live view (status line, metrics, a worker's link) is built from the latency samples
+    // the shards report since their last report: it reaches one sample per device too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live = |fleet: &Fleet, l| fleet.stats().latencies.get(l).len();
+    while live(&fleet, Latency::Handshake) < 2_000 || live(&fleet, Latency::Bind) < 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "live handshake/bind samples: {} / {}",
+            live(&fleet, Latency::Handshake),
+            live(&fleet, Latency::Bind)
+        );
+        fleet.poll(Duration::from_millis(100));
+    }
+    assert_eq!(live(&fleet, Latency::Handshake), 2_000);
+    assert_eq!(live(&fleet, Latency::Connect), 2_000);
     let first = stop(fleet);
     assert_eq!(first.stats.counters.handshakes, 2_000);
     assert_eq!(first.stats.counters.tickets_saved, 2_000);

@@ -40,13 +40,14 @@ done
 read -r utime stime < <(awk '{print $14, $15}' "/proc/$pid/stat")
 hs=$(metric "$mport" handshakes)
 switches=$(cat /proc/"$pid"/task/*/status | awk '/^Name/ {n=$2} /ctxt_switches/ && n ~ /^shard/ {s+=$2} END {print s}')
+voluntary=$(cat /proc/"$pid"/task/*/status | awk '/^Name/ {n=$2} /^voluntary_ctxt_switches/ && n ~ /^shard/ {s+=$2} END {print s}')
 [ -n "${perf_pid:-}" ] && wait "$perf_pid"
 hz=$(getconf CLK_TCK)
 us=$(python3 -c "print(round(($utime + $stime) / $hz / max($hs, 1) * 1e6))")
 echo "ramp_cpu: $BIN driver $DRIVER, $hs handshakes at $RATE/s: $us us of fleet CPU each" \
   "(user $(python3 -c "print(round($utime / $hz / max($hs, 1) * 1e6))")," \
   "system $(python3 -c "print(round($stime / $hz / max($hs, 1) * 1e6))"));" \
-  "shard context switches $switches ($(python3 -c "print(round($switches / max($hs, 1), 2))") per handshake);" \
+  "shard context switches $switches, $voluntary of them voluntary ($(python3 -c "print(round($switches / max($hs, 1), 2))") per handshake);" \
   "load average $(cut -d' ' -f1 /proc/loadavg)"
 [ -n "${PERF:-}" ] && echo "ramp_cpu: profile in $OUT/perf.data"
 if [ "$us" -gt 50 ]; then

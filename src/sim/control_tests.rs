@@ -2,10 +2,8 @@
 //! that waits for the sink and the earned ack, binds and unbinds the server sees, kicks,
 //! closes and opens.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::device::{DeviceConfig, Identity};
+use crate::device::Identity;
 use crate::shard::core::{Answer, DeviceState, Request};
 use crate::stats::Counters;
 
@@ -13,22 +11,9 @@ const LIMIT_MS: u64 = 600_000;
 
 fn core_cfg(devices: u32, sink: bool) -> CoreConfig {
     CoreConfig {
-        first_device: 0,
-        devices,
-        rate_per_sec: 0.0,
-        servers: vec!["127.0.0.1:3000".parse().expect("address")],
-        sources: Vec::new(),
-        device: Arc::new(DeviceConfig {
-            backoff_base_ms: 50,
-            backoff_cap_ms: 400,
-            ..DeviceConfig::default()
-        }),
         seed: 11,
         sink,
-        drain_timeout_ms: 10_000,
-        admission: Default::default(),
-        plan: Default::default(),
-        upstream: Default::default(),
+        ..scenario(devices)
     }
 }
 

@@ -546,6 +546,31 @@ impl Sim {
     }
 }
 
+/// The core configuration the scenarios start from: `devices` from index 0 against one server,
+/// no rate, no sink, no plan, a quick reconnect backoff (ceilings 50..400 ms), seed 7. Each
+/// scenario changes what it is about.
+#[cfg(test)]
+fn scenario(devices: u32) -> CoreConfig {
+    CoreConfig {
+        first_device: 0,
+        devices,
+        rate_per_sec: 0.0,
+        servers: vec!["127.0.0.1:3000".parse().expect("address")],
+        sources: Vec::new(),
+        device: Arc::new(crate::device::DeviceConfig {
+            backoff_base_ms: 50,
+            backoff_cap_ms: 400,
+            ..crate::device::DeviceConfig::default()
+        }),
+        seed: 7,
+        sink: false,
+        drain_timeout_ms: 10_000,
+        admission: Default::default(),
+        plan: Default::default(),
+        upstream: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod control_tests;
 #[cfg(test)]

@@ -11,21 +11,14 @@ const LIMIT_MS: u64 = 3_600_000;
 
 fn fleet(devices: u32, rate: f64) -> CoreConfig {
     CoreConfig {
-        first_device: 0,
-        devices,
         rate_per_sec: rate,
-        servers: vec!["127.0.0.1:3000".parse().expect("address")],
-        sources: Vec::new(),
         device: Arc::new(DeviceConfig::default()),
         seed: 5,
-        sink: false,
-        drain_timeout_ms: 10_000,
         admission: Admission {
             max_pending: 256,
             ..Admission::default()
         },
-        plan: Default::default(),
-        upstream: Default::default(),
+        ..scenario(devices)
     }
 }
 

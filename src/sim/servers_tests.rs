@@ -2,10 +2,8 @@
 //! failures land on the server of the connection, and a new rotation takes every new connect.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::*;
-use crate::device::DeviceConfig;
 
 const LIMIT_MS: u64 = 600_000;
 
@@ -15,22 +13,8 @@ fn addr(port: u16) -> SocketAddr {
 
 fn sim(devices: u32, servers: Vec<SocketAddr>) -> Sim {
     let core = CoreConfig {
-        first_device: 0,
-        devices,
-        rate_per_sec: 0.0,
         servers,
-        sources: Vec::new(),
-        device: Arc::new(DeviceConfig {
-            backoff_base_ms: 50,
-            backoff_cap_ms: 400,
-            ..DeviceConfig::default()
-        }),
-        seed: 7,
-        sink: false,
-        drain_timeout_ms: 10_000,
-        admission: Default::default(),
-        plan: Default::default(),
-        upstream: Default::default(),
+        ..scenario(devices)
     };
     Sim::new(core, SimConfig::default())
 }

@@ -11,18 +11,10 @@ const LIMIT_MS: u64 = 3_600_000;
 
 fn fleet(devices: u32, plan: Plan) -> CoreConfig {
     CoreConfig {
-        first_device: 0,
-        devices,
-        rate_per_sec: 0.0,
-        servers: vec!["127.0.0.1:3000".parse().expect("address")],
-        sources: Vec::new(),
         device: Arc::new(DeviceConfig::default()),
         seed: 11,
-        sink: false,
-        drain_timeout_ms: 10_000,
-        admission: Default::default(),
         plan,
-        upstream: Default::default(),
+        ..scenario(devices)
     }
 }
 

@@ -16,24 +16,7 @@ use crate::stats::Counters;
 const LIMIT_MS: u64 = 600_000;
 
 fn core_cfg(devices: u32) -> CoreConfig {
-    CoreConfig {
-        first_device: 0,
-        devices,
-        rate_per_sec: 0.0,
-        servers: vec!["127.0.0.1:3000".parse().expect("address")],
-        sources: Vec::new(),
-        device: Arc::new(DeviceConfig {
-            backoff_base_ms: 50,
-            backoff_cap_ms: 400,
-            ..DeviceConfig::default()
-        }),
-        seed: 7,
-        sink: false,
-        drain_timeout_ms: 10_000,
-        admission: Default::default(),
-        plan: Default::default(),
-        upstream: Default::default(),
-    }
+    scenario(devices)
 }
 
 fn server_cfg(f: impl FnOnce(&mut SessionConfig)) -> Arc<SessionConfig> {

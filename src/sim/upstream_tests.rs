@@ -22,17 +22,10 @@ const LIMIT_MS: u64 = 600_000;
 fn fleet(devices: u32, upstream: UpstreamLoad) -> CoreConfig {
     CoreConfig {
         first_device: 100,
-        devices,
-        rate_per_sec: 0.0,
-        servers: vec!["127.0.0.1:3000".parse().expect("address")],
-        sources: Vec::new(),
         device: Arc::new(DeviceConfig::default()),
         seed: 5,
-        sink: false,
-        drain_timeout_ms: 10_000,
-        admission: Default::default(),
-        plan: Default::default(),
         upstream,
+        ..scenario(devices)
     }
 }
 

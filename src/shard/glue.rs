@@ -215,18 +215,21 @@ pub(super) fn now(epoch: std::time::Instant) -> Now {
     }
 }
 
-/// Hands one control-plane command to the core (both drivers, the same way).
-pub(super) fn command(
+/// Hands every control-plane command waiting on `commands` to the core (both drivers, the
+/// same way, at the start of a turn).
+pub(super) fn commands(
+    commands: &crossbeam_channel::Receiver<super::Command>,
     core: &mut ShardCore,
     control: &mut ControlReplies,
     replies: &mut Replies,
     now: Now,
-    cmd: super::Command,
 ) {
-    match cmd {
-        super::Command::Stop => core.handle_stop(now),
-        super::Command::Servers(servers) => core.set_servers(servers),
-        super::Command::Control(request, reply) => control.request(core, now, request, reply),
-        super::Command::Upstream(cmd) => replies.start(core, now, cmd),
+    while let Ok(cmd) = commands.try_recv() {
+        match cmd {
+            super::Command::Stop => core.handle_stop(now),
+            super::Command::Servers(servers) => core.set_servers(servers),
+            super::Command::Control(request, reply) => control.request(core, now, request, reply),
+            super::Command::Upstream(cmd) => replies.start(core, now, cmd),
+        }
     }
 }

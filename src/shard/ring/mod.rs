@@ -139,15 +139,13 @@ impl Driver {
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
             let now = now(self.epoch);
-            while let Ok(cmd) = commands.try_recv() {
-                super::glue::command(
-                    &mut self.core,
-                    &mut self.control,
-                    &mut self.replies,
-                    now,
-                    cmd,
-                );
-            }
+            super::glue::commands(
+                commands,
+                &mut self.core,
+                &mut self.control,
+                &mut self.replies,
+                now,
+            );
             self.ring.reap(&mut cqes);
             for cqe in cqes.drain(..) {
                 self.complete(now, cqe);

@@ -77,15 +77,13 @@ impl Driver {
         let mut next_report = Instant::now() + self.cfg.report_every;
         loop {
             let now = now(self.epoch);
-            while let Ok(cmd) = commands.try_recv() {
-                super::glue::command(
-                    &mut self.core,
-                    &mut self.control,
-                    &mut self.replies,
-                    now,
-                    cmd,
-                );
-            }
+            super::glue::commands(
+                commands,
+                &mut self.core,
+                &mut self.control,
+                &mut self.replies,
+                now,
+            );
             self.feed(now);
             // The turn's input is in: now its timers.
             self.core.handle_timeout(now);

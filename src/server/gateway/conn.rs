@@ -253,32 +253,13 @@ impl GatewayConn {
         self.pending.insert(token, Pending::Single(single));
     }
 
-    fn error(
-        &mut self,
-        gw_id: MsgId,
-        code: ErrorCode,
-        mut result: PushResultData,
-        end: &'static str,
-    ) {
-        result.time_points.push((end, wall_clock_ms()));
-        let reply = GatewayReply::error(
-            Cmd::GatewayPush as u8,
-            code,
-            error_message(code),
-            result.to_json(),
-        );
-        self.reply(gw_id, reply);
+    fn error(&mut self, gw_id: MsgId, code: ErrorCode, result: PushResultData, end: &'static str) {
+        self.reply(gw_id, push_error(code, result, end));
     }
 
     /// OFFLINE or ROUTER_CHANGE from the user's route in Redis, answered when the read is
     /// done (replies go in completion order anyway).
-    fn elsewhere(
-        &mut self,
-        gw_id: MsgId,
-        user: String,
-        ct: ClientType,
-        mut result: PushResultData,
-    ) {
+    fn elsewhere(&mut self, gw_id: MsgId, user: String, ct: ClientType, result: PushResultData) {
         let (sh, tx) = (self.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
             let Some(remote) = sh.remote.get() else {
@@ -288,13 +269,7 @@ impl GatewayConn {
                 super::remote::Elsewhere::Moved => (ErrorCode::ROUTER_CHANGE, "redirect-end"),
                 _ => (ErrorCode::OFFLINE, "offline-end"),
             };
-            result.time_points.push((end, wall_clock_ms()));
-            let reply = GatewayReply::error(
-                Cmd::GatewayPush as u8,
-                code,
-                error_message(code),
-                result.to_json(),
-            );
+            let reply = push_error(code, result, end);
             sh.gateway.count(Count::Reply(code.0, false));
             let mut out = BytesMut::new();
             reply.encode(&mut out, gw_id);
@@ -391,4 +366,15 @@ impl GatewayConn {
             self.reply(gw_id, GatewayReply::ok(String::new()));
         }
     }
+}
+
+/// A push's ERROR reply: `code`'s message, and the result with its last time point `end`.
+fn push_error(code: ErrorCode, mut result: PushResultData, end: &'static str) -> GatewayReply {
+    result.time_points.push((end, wall_clock_ms()));
+    GatewayReply::error(
+        Cmd::GatewayPush as u8,
+        code,
+        error_message(code),
+        result.to_json(),
+    )
 }

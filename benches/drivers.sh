@@ -31,6 +31,10 @@ N=${N:-15000}
 HB_DEVICES=${HB_DEVICES:-2000}
 BASE_BIN=${BASE_BIN:-}
 DRIVERS=${DRIVERS:-"uring tokio-uring${BASE_BIN:+ base}"}
+if [[ " $DRIVERS " == *" base "* && ! -x "$BASE_BIN" ]]; then
+  echo "drivers bench: DRIVERS names base, but BASE_BIN ('$BASE_BIN') is not an executable"
+  exit 1
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d)
 pids=()

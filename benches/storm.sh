@@ -10,7 +10,9 @@
 # BACKOFF (ms) is the devices' first reconnect ceiling (`run --backoff`; unset: the default,
 # 500 ms, and a build without the flag). A storm can end no sooner than the jitter spreads
 # it, so a small BACKOFF shows what the fleet and the server can take. Loopback only; stops
-# by itself. Prints the figures; exits 1 if the fleet did not come back within 120 s.
+# by itself. It has no target of its own (benches/drivers.sh judges the storm against the
+# build before the ring driver): it prints the figures, and exits 1 if `serve` does not start
+# or the fleet is not all online, or not back, within 120 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRIVER=${DRIVER:-uring}

@@ -438,6 +438,14 @@ mod tests {
             (cfg.device.backoff_base_ms, cfg.device.backoff_cap_ms),
             (default.backoff_base_ms, default.backoff_cap_ms)
         );
+        for bad in [
+            ["--backoff", "-5"],
+            ["--backoff", "1s"],
+            ["--backoff-cap", "x"],
+        ] {
+            let argv = ["mpush-fleet", "run", bad[0], bad[1]];
+            assert!(TestCli::try_parse_from(argv).is_err(), "{bad:?} is refused");
+        }
     }
 
     #[test]
